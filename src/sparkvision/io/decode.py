@@ -1,0 +1,167 @@
+"""Opening untrusted image bytes: the only place sparkvision calls ``Image.open``.
+
+Every failure becomes an :class:`ImageError` of a known kind, so callers record it
+on the row and go on. The decompression-bomb guard is sparkvision's own, with a
+limit per call (ingestion's default, tiling's higher one), so Pillow's global guard
+is switched off in favour of it.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from sparkvision.config import DecodeSettings
+from sparkvision.io.errors import ErrorKind, ImageError
+
+Image.MAX_IMAGE_PIXELS = None  # replaced by DecodeSettings.max_pixels, checked per call
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+#: EXIF orientations that swap width and height.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION_TAG = 0x0112
+_ORIENTATION_OPS = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ingestion records about a decodable image (size as displayed, after EXIF)."""
+
+    format: str | None
+    mode: str
+    width: int
+    height: int
+    channels: int
+
+
+def colour_channels(img: Image.Image) -> int:
+    """Channels of colour information: palette images count as RGB or RGBA."""
+    if img.mode == "P":
+        return 4 if "transparency" in img.info else 3
+    if img.mode == "PA":
+        return 4
+    return len(img.getbands())
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """EXIF orientation 1-8; a broken EXIF block counts as 'no rotation' (the pixels are fine)."""
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        value = int(value)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not cost a good image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _open(data: bytes | None) -> Image.Image:
+    if data is None:
+        raise ImageError(ErrorKind.UNREADABLE, "no content was read for this file")
+    if len(data) == 0:
+        raise ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError(ErrorKind.NOT_AN_IMAGE, f"no image format recognises these {len(data)} bytes") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error) as exc:
+        raise ImageError(ErrorKind.CORRUPT, f"header cannot be parsed ({exc})") from None
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError(ErrorKind.CORRUPT, f"invalid dimensions {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            ErrorKind.TOO_MANY_PIXELS,
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}",
+        )
+
+
+def _load(img: Image.Image) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text or "premature end" in text.lower():
+            raise ImageError(ErrorKind.TRUNCATED, text) from None
+        raise ImageError(ErrorKind.CORRUPT, text) from None
+    except (SyntaxError, ValueError, struct.error, EOFError, zlib.error, IndexError, TypeError) as exc:
+        raise ImageError(ErrorKind.CORRUPT, f"{type(exc).__name__}: {exc}") from None
+    except MemoryError:
+        raise ImageError(ErrorKind.TOO_MANY_PIXELS, "not enough memory to decode this image") from None
+
+
+def displayed_size(img: Image.Image, orientation: int) -> tuple[int, int]:
+    width, height = img.size
+    return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
+
+
+def decode_image(
+    data: bytes | None,
+    settings: DecodeSettings | None = None,
+    draft: Callable[[int, int], tuple[str, tuple[int, int]]] | None = None,
+) -> Image.Image:
+    """Decode bytes into a loaded Pillow image, EXIF orientation applied.
+
+    ``draft(width, height)`` gets the displayed size and returns (mode, (width, height)):
+    JPEGs then decode at the smallest DCT scale no smaller than that size. Other
+    formats ignore it.
+    """
+    settings = settings or DecodeSettings()
+    img = _open(data)
+    _check_pixels(img, settings.max_pixels)
+    orientation = exif_orientation(img)
+    if draft is not None and settings.jpeg_draft and img.format == "JPEG":
+        mode, (width, height) = draft(*displayed_size(img, orientation))
+        width, height = max(1, width), max(1, height)
+        if orientation in _TRANSPOSED_ORIENTATIONS:
+            width, height = height, width
+        try:
+            img.draft(mode if mode in ("RGB", "L") and img.mode in ("RGB", "L", "YCbCr") else None, (width, height))
+        except (OSError, ValueError):
+            pass  # draft is an optimisation only
+    _load(img)
+    for op in _ORIENTATION_OPS.get(orientation, ()):
+        img = img.transpose(op)
+    return img
+
+
+def probe_image(data: bytes | None, settings: DecodeSettings | None = None, full: bool = True) -> ImageInfo:
+    """Validate an image and describe it.
+
+    ``full`` decodes every byte (JPEGs at 1/8 scale, which still reads the whole
+    entropy-coded stream), so truncated and corrupt files are caught at ingest
+    rather than at training time. Without it only the header is read.
+    """
+    settings = settings or DecodeSettings()
+    img = _open(data)
+    _check_pixels(img, settings.max_pixels)
+    orientation = exif_orientation(img)
+    width, height = displayed_size(img, orientation)
+    info = ImageInfo(img.format, img.mode, width, height, colour_channels(img))
+    if full:
+        if img.format == "JPEG" and settings.jpeg_draft:
+            try:
+                img.draft(None, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            except (OSError, ValueError):
+                pass
+        _load(img)
+    return info

@@ -1,0 +1,41 @@
+"""The kinds of per-row failure sparkvision reports instead of failing a job.
+
+An ``error`` cell is always ``"<kind>: <detail>"``, so counting rows per kind is a
+``split(error, ':')[0]`` away and a person still reads a full sentence.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    EMPTY_FILE = "empty_file"  # zero bytes
+    UNREADABLE = "unreadable"  # the file could not be opened or read (permissions, vanished, bad name)
+    TOO_LARGE = "too_large"  # more bytes than the ingest limit
+    NOT_AN_IMAGE = "not_an_image"  # no image format recognises the bytes
+    TRUNCATED = "truncated"  # the data ends before the image does
+    CORRUPT = "corrupt"  # a recognised format whose data is broken
+    TOO_MANY_PIXELS = "too_many_pixels"  # above the decompression-bomb limit
+    UNSUPPORTED = "unsupported"  # a valid image sparkvision cannot convert (exotic mode)
+    MODEL = "model"  # the model failed on this row (e.g. a non-finite output)
+
+
+class ImageError(Exception):
+    """A failure tied to one input row; its text goes into that row's ``error`` column."""
+
+    def __init__(self, kind: ErrorKind, detail: str) -> None:
+        super().__init__(f"{kind.value}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+def error_kind(message: str | None) -> str | None:
+    """The kind part of an ``error`` cell (``None`` for rows without error)."""
+    if message is None:
+        return None
+    return message.split(":", 1)[0]

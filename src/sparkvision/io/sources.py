@@ -1,0 +1,276 @@
+"""Image files into Spark rows of :data:`IMAGE_SCHEMA`, one row per file, whatever the file holds.
+
+Two ways in:
+
+* :func:`read_folder` lists a local folder tree in Python on the driver (lossless for
+  any file name, dangling links included), and executors read and check the bytes.
+  The folder must be visible at the same path to every executor (one machine, NFS).
+* :func:`read_binary_files` uses Spark's ``binaryFile`` source, so any Hadoop URI works
+  (``hdfs://``, ``s3a://`` with its connector). Files Spark cannot open are skipped by
+  its reader (``ignoreCorruptFiles``/``ignoreMissingFiles``) and brought back as error
+  rows by joining with the metadata-only listing.
+
+Labels are the first folder level under the root; files directly in the root have none.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
+
+from sparkvision.config import DecodeSettings, IngestSettings
+from sparkvision.io.decode import probe_image
+from sparkvision.io.errors import ErrorKind, ImageError
+from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+ProbeLevel = Literal["full", "header", "none"]
+
+_LISTING_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("fs_path", BinaryType(), False),
+        StructField("size", LongType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """Files found under a root, and the class folders that held none."""
+
+    files: pd.DataFrame  # path, label, fs_path (raw bytes), size (-1 if unknown)
+    empty_class_folders: list[str]
+
+
+def _display(raw: bytes) -> str:
+    """A file name as text; bytes that are not UTF-8 show as ``\\xNN`` instead of failing."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _wanted(name: bytes, settings: IngestSettings, glob: str | None) -> bool:
+    text = _display(name)
+    if text.startswith("."):
+        return False  # hidden files (.DS_Store, ._resource forks), as Spark's file sources do
+    if glob is not None and not fnmatch.fnmatchcase(text, glob):
+        return False
+    return text.lower().endswith(settings.extensions)
+
+
+def list_folder(root: str, settings: IngestSettings | None = None, glob: str | None = None) -> FolderListing:
+    """Walk ``root`` (a local path or ``file:`` URI) with bytes paths so no name is lost."""
+    settings = settings or IngestSettings()
+    local = root[len("file:"):] if root.startswith("file:") else root
+    local = "/" + local.lstrip("/") if root.startswith("file:") else local
+    root_bytes = os.fsencode(os.path.abspath(local))
+    if not os.path.isdir(root_bytes):
+        raise FileNotFoundError(f"image folder {root!r} does not exist or is not a directory")
+    rows: list[tuple[str, str | None, bytes, int]] = []
+    per_class: dict[bytes, int] = {}
+    seen_dirs: set[tuple[int, int]] = set()
+    stack: list[tuple[bytes, bytes | None]] = [(root_bytes, None)]
+    while stack:
+        folder, top = stack.pop()
+        try:
+            stat = os.stat(folder)
+            if (stat.st_dev, stat.st_ino) in seen_dirs:
+                continue  # a symlink loop
+            seen_dirs.add((stat.st_dev, stat.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", _display(folder), exc.strerror)
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if _display(entry.name).startswith("."):
+                    continue
+                class_name = entry.name if top is None else top
+                if top is None:
+                    per_class.setdefault(class_name, 0)
+                if settings.recursive or top is None:
+                    stack.append((entry.path, class_name))
+                continue
+            if not _wanted(entry.name, settings, glob):
+                continue
+            try:
+                size = entry.stat(follow_symlinks=True).st_size
+            except OSError:
+                size = -1  # dangling link or vanished file: still a row, with its error later
+            if top is not None:
+                per_class[top] = per_class.get(top, 0) + 1
+            rows.append(("file:" + _display(entry.path), None if top is None else _display(top), entry.path, size))
+    empty = sorted(_display(name) for name, count in per_class.items() if count == 0)
+    files = pd.DataFrame(rows, columns=["path", "label", "fs_path", "size"])
+    return FolderListing(files, empty)
+
+
+def _read_local(fs_path: bytes, size: int, max_bytes: int) -> bytes:
+    if size > max_bytes:
+        raise ImageError(ErrorKind.TOO_LARGE, f"{size:,} bytes exceeds the limit of {max_bytes:,}")
+    try:
+        with open(fs_path, "rb") as handle:
+            return handle.read(max_bytes + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ImageError(ErrorKind.UNREADABLE, f"cannot read file ({reason})") from None
+
+
+def describe_rows(
+    paths: list[str],
+    labels: list[str | None],
+    contents: list[bytes | None],
+    read_errors: list[str | None],
+    decode: DecodeSettings,
+    probe: ProbeLevel,
+) -> pd.DataFrame:
+    """Rows of IMAGE_SCHEMA from raw bytes: format, mode, size, and the first error met."""
+    out = {name: [] for name in IMAGE_COLUMNS}
+    for path, label, data, error in zip(paths, labels, contents, read_errors, strict=True):
+        info = None
+        if error is None and probe != "none":
+            try:
+                info = probe_image(data, decode, full=probe == "full")
+            except ImageError as exc:
+                error = exc.message
+        elif error is None and not data:
+            error = ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes").message
+        out["path"].append(path)
+        out["label"].append(label)
+        out["content"].append(data)
+        out["format"].append(info.format if info else None)
+        out["mode"].append(info.mode if info else None)
+        out["width"].append(info.width if info else None)
+        out["height"].append(info.height if info else None)
+        out["channels"].append(info.channels if info else None)
+        out["error"].append(error)
+    frame = pd.DataFrame(out, columns=IMAGE_COLUMNS)
+    for column in ("width", "height", "channels"):
+        frame[column] = frame[column].astype("Int32")
+    return frame
+
+
+def _read_listed_batches(
+    batches: Iterator[pd.DataFrame], max_bytes: int, decode: DecodeSettings, probe: ProbeLevel
+) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        contents: list[bytes | None] = []
+        errors: list[str | None] = []
+        for fs_path, size in zip(batch["fs_path"], batch["size"], strict=True):
+            try:
+                contents.append(_read_local(fs_path, int(size), max_bytes))
+                errors.append(None)
+            except ImageError as exc:
+                contents.append(None)
+                errors.append(exc.message)
+        yield describe_rows(list(batch["path"]), list(batch["label"]), contents, errors, decode, probe)
+
+
+def read_folder(
+    spark: SparkSession,
+    root: str,
+    ingest: IngestSettings | None = None,
+    decode: DecodeSettings | None = None,
+    glob: str | None = None,
+    probe: ProbeLevel = "full",
+) -> DataFrame:
+    """A local folder tree (class = first sub-folder) as IMAGE_SCHEMA rows."""
+    ingest = ingest or IngestSettings()
+    decode = decode or DecodeSettings()
+    listing = list_folder(root, ingest, glob)
+    for folder in listing.empty_class_folders:
+        log.warning("class folder %r under %s holds no image files", folder, root)
+    files = listing.files
+    log.info("listed %d files under %s", len(files), root)
+    max_partition = int(spark.conf.get("spark.sql.files.maxPartitionBytes", str(64 << 20)).rstrip("b"))
+    total = int(files["size"].clip(lower=0).sum()) if len(files) else 0
+    parallelism = spark.sparkContext.defaultParallelism
+    partitions = max(1, min(len(files), max(parallelism, math.ceil(total / max_partition))))
+    frame = spark.createDataFrame(files, schema=_LISTING_SCHEMA).repartition(partitions)
+    reader = partial(_read_listed_batches, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe)
+    return frame.mapInPandas(reader, IMAGE_SCHEMA)
+
+
+def _case_insensitive_glob(extensions: tuple[str, ...]) -> str:
+    """``*.{[jJ][pP][gG],...}``: Hadoop globs are case-sensitive, file extensions are not."""
+    def letters(ext: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext.lstrip("."))
+
+    return "*.{" + ",".join(letters(ext) for ext in extensions) + "}"
+
+
+def _qualified_root(spark: SparkSession, uri: str) -> str:
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs.makeQualified(path).toString().rstrip("/")
+
+
+def _label_of(path: str, root: str) -> str | None:
+    if not path.startswith(root + "/"):
+        return None
+    parts = path[len(root) + 1:].split("/")
+    return parts[0] if len(parts) > 1 else None
+
+
+def _describe_binary_batches(
+    batches: Iterator[pd.DataFrame], root: str, decode: DecodeSettings, probe: ProbeLevel
+) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        paths = list(batch["path"])
+        contents = list(batch["content"])
+        errors = [
+            None if data is not None else ImageError(
+                ErrorKind.UNREADABLE, "Spark's binaryFile reader could not read this file (see executor logs)"
+            ).message
+            for data in contents
+        ]
+        labels = [_label_of(p, root) for p in paths]
+        yield describe_rows(paths, labels, contents, errors, decode, probe)
+
+
+def read_binary_files(
+    spark: SparkSession,
+    uri: str,
+    ingest: IngestSettings | None = None,
+    decode: DecodeSettings | None = None,
+    glob: str | None = None,
+    probe: ProbeLevel = "full",
+) -> DataFrame:
+    """Any Hadoop URI through Spark's ``binaryFile`` source, unreadable files kept as error rows."""
+    ingest = ingest or IngestSettings()
+    decode = decode or DecodeSettings()
+    root = _qualified_root(spark, uri)
+    reader = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", str(ingest.recursive).lower())
+        .option("pathGlobFilter", glob or _case_insensitive_glob(ingest.extensions))
+    )
+    listing = reader.load(uri).select("path")  # metadata only: no file is opened
+    contents = (
+        reader.option("ignoreCorruptFiles", "true")
+        .option("ignoreMissingFiles", "true")
+        .load(uri)
+        .select("path", "content")
+    )
+    if glob is not None:
+        pattern = "(?i)(" + "|".join(e.replace(".", r"\.") for e in ingest.extensions) + ")$"
+        listing = listing.where(F.col("path").rlike(pattern))
+    joined = listing.join(contents, "path", "left")
+    return joined.mapInPandas(partial(_describe_binary_batches, root=root, decode=decode, probe=probe), IMAGE_SCHEMA)

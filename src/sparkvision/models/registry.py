@@ -1,0 +1,151 @@
+"""A model registry in timm's shape: register by name, ``create_model(name, pretrained=True)``.
+
+Each entry carries its own preprocessing (:class:`PreprocessConfig`) and labels, the
+single source of truth that training, Spark inference and serving all read. Entries
+are either torch builders (exportable to ONNX) or ONNX files registered as they are.
+
+Torch modules created here follow timm's conventions where they matter to sparkvision:
+``forward_features(x)`` returns pooled features ``(N, num_features)``,
+``get_classifier()`` returns the head and ``reset_classifier(num_classes)`` replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparkvision.config import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[..., Any]  # (pretrained: bool, num_classes: int | None, **kwargs) -> torch.nn.Module
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build, preprocess for, and label one registered model."""
+
+    name: str
+    preprocess: PreprocessConfig
+    num_classes: int
+    num_features: int | None = None
+    builder: Builder | None = None  # torch models
+    onnx_path: str | None = None  # models registered from an ONNX file
+    labels: tuple[str, ...] | None = None
+    has_pretrained: bool = False
+    description: str = ""
+    #: Names of the ONNX graph's input and outputs (for registered ONNX files).
+    input_name: str = "input"
+    output_names: dict[str, str] = field(default_factory=lambda: {"logits": "logits", "features": "features"})
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.onnx_path is not None
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_BUILTINS_LOADED = False
+
+
+def _load_builtins() -> None:
+    """Import the modules that register sparkvision's own models (once, lazily)."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    from sparkvision.models import builtin  # noqa: F401 - registers on import
+
+
+def register_model(spec: ModelSpec, overwrite: bool = False) -> ModelSpec:
+    if spec.builder is None and spec.onnx_path is None:
+        raise ValueError(f"model {spec.name!r} needs a torch builder or an ONNX file")
+    if spec.name in _REGISTRY and not overwrite:
+        raise ValueError(f"a model named {spec.name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def register_torch_model(
+    name: str,
+    builder: Builder,
+    preprocess: PreprocessConfig,
+    num_classes: int,
+    num_features: int | None = None,
+    labels: list[str] | None = None,
+    has_pretrained: bool = False,
+    description: str = "",
+    overwrite: bool = False,
+) -> ModelSpec:
+    """Register a torch module builder ``builder(pretrained, num_classes, **kwargs)``."""
+    return register_model(
+        ModelSpec(
+            name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
+            builder=builder, labels=tuple(labels) if labels else None, has_pretrained=has_pretrained,
+            description=description,
+        ),
+        overwrite=overwrite,
+    )
+
+
+def register_onnx_model(
+    name: str,
+    path: str | Path,
+    preprocess: PreprocessConfig,
+    labels: list[str] | None = None,
+    input_name: str = "input",
+    logits_output: str = "logits",
+    features_output: str | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> ModelSpec:
+    """Register a backbone from the user's own ONNX file (NCHW float32 input, dynamic batch)."""
+    import onnx
+
+    path = Path(path).resolve()
+    model = onnx.load(str(path), load_external_data=False)
+    outputs = {o.name: o for o in model.graph.output}
+    if logits_output not in outputs:
+        raise ValueError(f"{path} has no output {logits_output!r}; outputs are {sorted(outputs)}")
+    if features_output is not None and features_output not in outputs:
+        raise ValueError(f"{path} has no output {features_output!r}; outputs are {sorted(outputs)}")
+    dims = outputs[logits_output].type.tensor_type.shape.dim
+    num_classes = dims[-1].dim_value if dims and dims[-1].dim_value else len(labels or [])
+    output_names = {"logits": logits_output}
+    num_features = None
+    if features_output is not None:
+        output_names["features"] = features_output
+        fdims = outputs[features_output].type.tensor_type.shape.dim
+        num_features = fdims[-1].dim_value or None
+    return register_model(
+        ModelSpec(
+            name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
+            onnx_path=str(path), labels=tuple(labels) if labels else None, description=description,
+            input_name=input_name, output_names=output_names,
+        ),
+        overwrite=overwrite,
+    )
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def list_models(pretrained: bool = False) -> list[str]:
+    _load_builtins()
+    return sorted(n for n, s in _REGISTRY.items() if s.has_pretrained or not pretrained)
+
+
+def create_model(name: str, pretrained: bool = False, num_classes: int | None = None, **kwargs: Any):
+    """A torch module for ``name``; ``num_classes`` replaces the head (pretrained body kept)."""
+    spec = get_spec(name)
+    if spec.builder is None:
+        raise ValueError(f"{name!r} is registered from an ONNX file and has no torch module")
+    if pretrained and not spec.has_pretrained:
+        raise ValueError(f"{name!r} has no pretrained weights; use pretrained=False")
+    return spec.builder(pretrained=pretrained, num_classes=num_classes or spec.num_classes, **kwargs)

@@ -1,0 +1,70 @@
+"""Encoded bytes in, a model-ready float32 NCHW batch out, errors kept per row.
+
+This is the one path from pixels to tensors: Spark featurization, training, tiling
+and the HTTP service all call :class:`ImagePreprocessor` with the model's own
+:class:`PreprocessConfig`, so they cannot disagree about preprocessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparkvision.config import DecodeSettings, PreprocessConfig
+from sparkvision.io.decode import decode_image
+from sparkvision.io.errors import ImageError
+from sparkvision.preprocess.color import to_model_mode
+from sparkvision.preprocess.transforms import Normalizer, resize_image, scaled_size, to_array
+
+
+@dataclass
+class PreprocessedBatch:
+    """``tensor`` holds only the rows that decoded; ``index`` says which inputs they were."""
+
+    tensor: np.ndarray  # float32 (n_ok, C, H, W), C-contiguous
+    index: np.ndarray  # int64 (n_ok,), positions in the input sequence
+    errors: list[str | None]  # one per input, None where the row decoded
+
+    @property
+    def size(self) -> int:
+        return len(self.errors)
+
+
+class ImagePreprocessor:
+    """Decode + convert + resize + normalise, following one model's config."""
+
+    def __init__(self, config: PreprocessConfig, decode: DecodeSettings | None = None) -> None:
+        self.config = config
+        self.decode_settings = decode or DecodeSettings()
+        self.normalize = Normalizer(config.mean, config.std)
+        self._mode = "L" if config.channels == 1 else "RGB"
+
+    def _draft(self, width: int, height: int) -> tuple[str, tuple[int, int]]:
+        return self._mode, scaled_size(width, height, self.config)
+
+    def load(self, data: bytes | None) -> np.ndarray:
+        """One image as uint8 (H, W, C) at the model's size. Raises ImageError."""
+        img = decode_image(data, self.decode_settings, draft=self._draft)
+        img = to_model_mode(img, self.config.channels, self.decode_settings.alpha_background)
+        return to_array(resize_image(img, self.config))
+
+    def load_uint8(self, contents: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """uint8 NHWC batch of the rows that decoded, their positions, and per-row errors."""
+        height, width = self.config.size
+        out = np.empty((len(contents), height, width, self.config.channels), dtype=np.uint8)
+        errors: list[str | None] = [None] * len(contents)
+        ok: list[int] = []
+        for i, data in enumerate(contents):
+            try:
+                out[len(ok)] = self.load(data)
+            except ImageError as exc:
+                errors[i] = exc.message
+                continue
+            ok.append(i)
+        return out[: len(ok)], np.asarray(ok, dtype=np.int64), errors
+
+    def __call__(self, contents: Sequence[bytes | None]) -> PreprocessedBatch:
+        pixels, index, errors = self.load_uint8(contents)
+        return PreprocessedBatch(self.normalize(pixels), index, errors)
