@@ -1,0 +1,89 @@
+"""Run sparkvision's benchmarks and write their figures to BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/run.py            # all benchmarks, full size
+    .venv/bin/python benchmarks/run.py --quick    # small sizes, to check they run
+    .venv/bin/python benchmarks/run.py decode     # only the ones whose name contains 'decode'
+
+Each ``benchmarks/bench_*.py`` module defines ``TITLE`` and ``run(quick: bool) -> Result``.
+Figures that are compared are measured side by side in the same run, and reported
+as ratios; absolute times on a shared 2-core machine mean little on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("SPARKVISION_CACHE", str(ROOT / ".cache" / "sparkvision"))
+
+from common import Result  # noqa: E402
+
+log = logging.getLogger("benchmarks")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB RAM, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("only", nargs="*", help="run benchmarks whose module name contains one of these")
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks that benchmarks run")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown file to write")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    if args.only:
+        modules = [m for m in modules if any(o in m for o in args.only)]
+    sections: list[str] = []
+    for name in modules:
+        module = importlib.import_module(name)
+        log.info("running %s", name)
+        started = time.perf_counter()
+        result: Result = module.run(quick=args.quick)
+        elapsed = time.perf_counter() - started
+        (HERE / "results").mkdir(exist_ok=True)
+        (HERE / "results" / f"{name}.json").write_text(json.dumps(result.figures, indent=2, default=str) + "\n")
+        sections.append(f"## {module.TITLE}\n\n_`benchmarks/{name}.py`, {elapsed:.0f} s_\n\n{result.markdown.strip()}\n")
+    header = (
+        "# Benchmarks\n\n"
+        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}"
+        f"{' (--quick sizes)' if args.quick else ''}.\n"
+        "Regenerate with `.venv/bin/python benchmarks/run.py`. Compared figures come from the same run; "
+        "read the ratios, not the absolute times.\n"
+    )
+    out = Path(args.out)
+    if args.only and out.exists():
+        out = out.with_name(out.stem + "." + "-".join(args.only) + ".md")
+    out.write_text(header + "\n" + "\n".join(sections))
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
