@@ -148,3 +148,197 @@ class IngestSettings:
     max_file_bytes: int = 256 * 1024 * 1024
     #: Target compressed bytes per Parquet file written by ``ingest``.
     target_file_bytes: int = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How ``evaluate`` judges predictions and what its report shows."""
+
+    #: The k of top-k accuracy (top-1 from the probabilities is always reported too).
+    top_k: int = 5
+    #: Equal-width confidence bins over [0, 1] for expected calibration error and the
+    #: reliability diagram (15, as in Guo et al. 2017, "On Calibration of Modern Neural Networks").
+    calibration_bins: int = 15
+    #: Most confidently wrong predictions shown as thumbnails.
+    gallery_size: int = 24
+    #: Longest side of a gallery thumbnail, in pixels.
+    thumbnail_px: int = 160
+    #: Images larger than this are not read for a thumbnail (the row shows why instead).
+    max_thumbnail_bytes: int = 64 * 1024 * 1024
+    #: The heat map shows at most this many classes (those with the most errors) so it stays readable.
+    max_heatmap_classes: int = 40
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """A Spark standalone cluster on loopback (``sparkvision.cluster``): tests, benchmarks, trying a cluster."""
+
+    workers: int = 2
+    cores_per_worker: int = 1
+    #: What each worker offers its executors; at least ``SparkSettings.executor_memory``,
+    #: or an application asking for the default would never get an executor.
+    worker_memory: str = "4g"
+    #: Heap of the master and worker daemons themselves (Spark's default is 1g each).
+    daemon_memory: str = "512m"
+    host: str = "127.0.0.1"
+    #: Seconds to wait for the master, and then for every worker, to report ALIVE.
+    start_timeout_s: float = 120.0
+    #: Seconds a stopped daemon gets after SIGTERM before its process group is killed.
+    stop_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    """How huge images are cut into overlapping model-sized tiles (``sparkvision.tiling``)."""
+
+    #: Tile side in pixels of its pyramid level (square tiles, what a CNN takes).
+    size: int = 224
+    #: Fraction of ``size`` shared by neighbouring tiles, in [0, 1).
+    overlap: float = 0.1
+    #: Pyramid levels to tile: level L is the image box-averaged by 2**L.
+    levels: tuple[int, ...] = (0,)
+    #: Image edges: ``shift`` moves the last tile of a row/column inward so every tile lies
+    #: inside the image (more overlap there); ``pad`` keeps the regular stride and fills
+    #: what lies beyond the edge with ``pad_value``. Images smaller than a tile are padded either way.
+    edge: Literal["shift", "pad"] = "shift"
+    pad_value: int = 0
+    #: Tiles whose pixel standard deviation (0-255 units) is below this are background:
+    #: kept as counted rows without bytes. None keeps every tile.
+    background_std: float | None = None
+    #: How tile bytes are encoded: PNG (lossless, keeps 16-bit grey) or JPEG.
+    tile_format: Literal["PNG", "JPEG"] = "PNG"
+    jpeg_quality: int = 95
+    #: zlib level of PNG tiles; 1 is several times faster than 6 and barely larger for photos.
+    png_compress_level: int = 1
+    #: Decompression-bomb guard for tiling: pixels of one page at full resolution.
+    max_pixels: int = TILING_MAX_PIXELS
+    #: Formats without region access (JPEG at full resolution, WebP, BMP, interlaced PNG)
+    #: are decoded whole; above this many decoded bytes such a source is refused.
+    max_decode_bytes: int = 768 * 1024 * 1024
+    #: Largest file read whole into memory (formats that need their bytes in memory).
+    max_file_bytes: int = 1024 * 1024 * 1024
+    #: (center, width) of a linear window mapping 16-bit, signed, float and DICOM values to
+    #: 8 bits. None: 16-bit grey is kept as 16-bit tiles; DICOM uses the file's window.
+    window: tuple[float, float] | None = None
+    #: Tile rows (at a level) per Spark work unit; units of one big scene spread over tasks.
+    rows_per_unit: int = 4
+    #: Decoded TIFF tiles/strips kept per reader, so overlapping tiles decode each segment once.
+    segment_cache_bytes: int = 64 * 1024 * 1024
+    #: Spark partitions of the work units; None: 2 x default parallelism.
+    partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"tile size must be >= 1, got {self.size!r}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap is a fraction of the tile size in [0, 1), got {self.overlap!r}")
+        if not self.levels or any(level < 0 for level in self.levels):
+            raise ValueError(f"levels must be non-negative pyramid levels, got {self.levels!r}")
+        if self.edge not in ("shift", "pad"):
+            raise ValueError(f"edge must be 'shift' or 'pad', got {self.edge!r}")
+        if self.tile_format not in ("PNG", "JPEG"):
+            raise ValueError(f"tile_format must be PNG or JPEG, got {self.tile_format!r}")
+        if self.window is not None and (len(self.window) != 2 or self.window[1] <= 0):
+            raise ValueError(f"window is (center, width) with width > 0, got {self.window!r}")
+
+    @property
+    def overlap_pixels(self) -> int:
+        return round(self.size * self.overlap)
+
+    @property
+    def stride(self) -> int:
+        return self.size - self.overlap_pixels
+
+
+@dataclass(frozen=True)
+class HeatmapSettings:
+    """How tile predictions go back onto their source image (``sparkvision.tiling.heatmap``)."""
+
+    #: Per-image label from tile probabilities: ``max`` or ``mean`` of each class over
+    #: tiles, or ``vote`` (most frequent tile prediction).
+    method: Literal["max", "mean", "vote"] = "max"
+    #: A class meaning "nothing here": no heat map or boxes for it, and the image gets it
+    #: only when no other class reaches ``threshold``.
+    background_class: str | None = None
+    #: Heat-map value above which cells form regions (boxes); also the image-label threshold.
+    threshold: float = 0.5
+    #: Heat-map cell side in full-resolution pixels; None: a quarter of a tile's footprint.
+    cell: int | None = None
+    #: Pyramid level whose tiles make the heat map; None: the finest level present.
+    level: int | None = None
+    #: Regions of fewer cells are dropped (isolated false alarms).
+    min_cells: int = 1
+    #: Classes drawn at most (the highest-scoring per image) when a model has many.
+    max_classes: int = 5
+    #: Longest side of the downscaled original the heat map is blended over.
+    overlay_max_side: int = 1024
+    #: Opacity of the heat colours over the original.
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in ("max", "mean", "vote"):
+            raise ValueError(f"method must be max, mean or vote, got {self.method!r}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
+        if self.cell is not None and self.cell < 1:
+            raise ValueError(f"cell must be >= 1 pixel, got {self.cell!r}")
+
+
+@dataclass(frozen=True)
+class FeaturizeSettings:
+    """How Spark tasks run an ONNX image model (featurizer, predictor, batch prediction)."""
+
+    model_name: str = "efficientnet_lite0"
+    #: Images per ONNX Runtime call. Measured on 2 cores with 1 ORT thread per task,
+    #: batches of 8-16 beat 32-64 (the activations of small batches stay in cache).
+    batch_size: int = 16
+
+
+ClassifierName = Literal["logreg", "rf", "gbt", "mlp"]
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """Transfer learning: a frozen backbone's features + an MLlib classifier (``sparkvision fit``)."""
+
+    model_name: str = "efficientnet_lite0"
+    #: Backbone output the classifier is trained on: "features" (pooled) or "logits".
+    output: Literal["features", "logits"] = "features"
+    classifier: ClassifierName = "logreg"
+    batch_size: int = FeaturizeSettings.batch_size
+    seed: int = 42
+    #: Share of each class held out for validation when no --val source is given.
+    val_fraction: float = 0.2
+    #: Grid search over the classifier's parameters (features computed once and cached).
+    grid: bool = False
+    grid_folds: int = 3
+    # logreg: multinomial logistic regression on standardised features.
+    logreg_reg_param: float = 0.01
+    logreg_elastic_net: float = 0.0
+    logreg_max_iter: int = 200
+    logreg_grid_reg: tuple[float, ...] = (0.001, 0.01, 0.1)
+    # rf
+    rf_num_trees: int = 200
+    rf_max_depth: int = 10
+    rf_grid_trees: tuple[int, ...] = (100, 200)
+    rf_grid_depth: tuple[int, ...] = (6, 12)
+    # gbt, one binary GBT per class through OneVsRest
+    gbt_max_iter: int = 30
+    gbt_max_depth: int = 4
+    gbt_grid_iter: tuple[int, ...] = (20, 40)
+    gbt_grid_depth: tuple[int, ...] = (3, 5)
+    # mlp: hidden layers between the features and the classes.
+    mlp_hidden: tuple[int, ...] = (256,)
+    mlp_max_iter: int = 300
+    mlp_grid_hidden: tuple[tuple[int, ...], ...] = ((128,), (256,), (512,))
+    mlp_grid_step: tuple[float, ...] = (0.03,)
+
+    def __post_init__(self) -> None:
+        if self.classifier not in ("logreg", "rf", "gbt", "mlp"):
+            raise ValueError(f"classifier must be logreg, rf, gbt or mlp, got {self.classifier!r}")
+        if self.output not in ("features", "logits"):
+            raise ValueError(f"output must be features or logits, got {self.output!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.grid_folds < 2:
+            raise ValueError(f"grid_folds must be >= 2, got {self.grid_folds!r}")
