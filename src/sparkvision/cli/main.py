@@ -17,6 +17,7 @@ from sparkvision.cli.common import configure_logging, logging_options, spark_opt
 #: Command modules, in the order the help lists them (the order data flows).
 COMMAND_MODULES = [
     "sparkvision.cli.data",
+    "sparkvision.cli.evaluate",
 ]
 
 log = logging.getLogger("sparkvision")

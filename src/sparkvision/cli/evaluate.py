@@ -1,0 +1,127 @@
+"""``evaluate`` and ``compare``: judge predictions with Spark, write a report, line several up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.config import EvaluationSettings
+from sparkvision.evaluation.metrics import evaluate_predictions
+from sparkvision.evaluation.report import compare_reports, write_compare, write_report
+from sparkvision.progress import spark_progress
+
+log = logging.getLogger(__name__)
+
+#: A marker some writers leave next to Parquet output; ``labels`` in it is the probability order.
+PREDICTIONS_MARKER = "_sparkvision.json"
+
+
+def resolve_labels(spark, args: argparse.Namespace) -> tuple[list[str], str]:
+    """The probability order: --labels, else the model card, else the predictions' marker file."""
+    if args.labels:
+        path = Path(args.labels)
+        if path.is_file():
+            return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()], str(path)
+        return [name.strip() for name in args.labels.split(",") if name.strip()], "--labels"
+    if args.model:
+        from sparkvision.models.model_dir import load_card
+
+        return list(load_card(args.model).labels), f"{args.model}/sparkvision_model.json"
+    from sparkvision.io import fs
+
+    marker = args.predictions.rstrip("/") + "/" + PREDICTIONS_MARKER
+    try:
+        if fs.exists(spark, marker):
+            labels = json.loads(fs.read_text(spark, marker)).get("labels")
+            if labels:
+                return list(labels), marker
+    except Exception as exc:  # noqa: BLE001 - an unreadable marker only costs the probability metrics
+        log.debug("cannot read %s: %s", marker, exc)
+    log.warning("no label order known (give --model or --labels): top-k, log loss and calibration are skipped")
+    return [], ""
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    settings = EvaluationSettings()
+    settings = replace(
+        settings,
+        top_k=args.top_k if args.top_k is not None else settings.top_k,
+        calibration_bins=args.bins if args.bins is not None else settings.calibration_bins,
+        gallery_size=args.gallery if args.gallery is not None else settings.gallery_size,
+    )
+    spark = spark_from_args(args)
+    predictions = spark.read.parquet(args.predictions)
+    labels, labels_from = resolve_labels(spark, args)
+    with spark_progress(spark, "evaluate"):
+        result = evaluate_predictions(predictions, labels, settings=settings)
+    model_name = None
+    if args.model:
+        from sparkvision.models.model_dir import load_card
+
+        model_name = load_card(args.model).name
+    result.source = {
+        "predictions": args.predictions,
+        "model_dir": args.model,
+        "model": model_name,
+        "labels_from": labels_from,
+        "top_k": settings.top_k,
+        "calibration_bins": settings.calibration_bins,
+        "report_dir": args.out,
+    }
+    with spark_progress(spark, "report"):
+        html_path = write_report(args.out, result, predictions, args.model, spark, args.images, settings, args.title)
+    log.info("accuracy %s on %d rows; report at %s", result.accuracy, result.evaluated_rows, html_path)
+    emit(result.to_dict())
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    comparison = compare_reports(args.reports)
+    if args.out:
+        path = write_compare(args.out, comparison)
+        log.info("wrote %s", path)
+    emit(comparison)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse.ArgumentParser]) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        parents=[parents["spark"], parents["logging"]],
+        help="metrics and an HTML report for a predictions set",
+        description="Judge PREDICTIONS (the Parquet that 'sparkvision predict' writes: path, label, prediction, "
+        "probability, error) with Spark aggregations, so any number of rows works with a small driver. Prints the "
+        "metrics as JSON and writes REPORT_DIR/metrics.json and a self-contained REPORT_DIR/report.html: summary, "
+        "per-class table, confusion-matrix heat map, reliability diagram, training curves (when --model has "
+        "curves.csv) and the most confidently wrong images. Rows with errors and rows without a true label are "
+        "counted apart, never dropped silently.",
+    )
+    evaluate.add_argument("--predictions", required=True, metavar="PREDICTIONS", help="predictions Parquet (any Hadoop URI)")
+    evaluate.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory (local), created if missing")
+    evaluate.add_argument("--model", default=None, metavar="MODEL_DIR", help="model directory: label order of the probabilities, "
+                          "model name, training curves")
+    evaluate.add_argument("--labels", default=None, help="label order of the probabilities when there is no "
+                          "--model: a file with one label per line, or a comma-separated list")
+    evaluate.add_argument("--top-k", type=int, default=None, metavar="K", help="k of top-k accuracy (default 5)")
+    evaluate.add_argument("--bins", type=int, default=None, metavar="N", help="confidence bins for calibration (default 15)")
+    evaluate.add_argument("--gallery", type=int, default=None, metavar="N", help="confidently wrong images to show (default 24)")
+    evaluate.add_argument("--images", default=None, metavar="SRC", help="image source (dataset, folder) to read thumbnails from "
+                          "when the predictions' paths cannot be read directly")
+    evaluate.add_argument("--title", default=None, help="report title")
+    evaluate.set_defaults(handler=_evaluate)
+
+    compare = subparsers.add_parser(
+        "compare",
+        parents=[parents["logging"]],
+        help="the metrics of several evaluation reports side by side",
+        description="Read the metrics.json of each REPORT_DIR (written by 'sparkvision evaluate') and print the "
+        "headline metrics and per-class F1 side by side as JSON; with --out also write compare.json and "
+        "compare.html there.",
+    )
+    compare.add_argument("reports", nargs="+", metavar="REPORT_DIR", help="directories written by evaluate")
+    compare.add_argument("--out", default=None, metavar="OUT_DIR", help="directory for compare.json and compare.html")
+    compare.set_defaults(handler=_compare)

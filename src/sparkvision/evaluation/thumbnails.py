@@ -1,0 +1,177 @@
+"""A handful of images by their ``path``, as small JPEG data URIs for a self-contained report.
+
+Paths in predictions are whatever the image source wrote: ``file:`` URIs and local
+paths (read directly), other Hadoop URIs (``hdfs://``, ``s3a://``: read through the
+Hadoop FileSystem of the Spark session), and built-in dataset paths
+``<dataset>/<part>/<index>.png`` (re-encoded from the installed arrays). When the
+predictions came from a sparkvision dataset whose files are gone, pass that dataset
+(``images``) and the bytes are looked up in it by path instead.
+
+Only the gallery's few paths are read; nothing here scans a dataset on the driver.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from PIL import Image
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from sparkvision.config import DecodeSettings, EvaluationSettings
+from sparkvision.io.builtin import encode_png, is_builtin, load_arrays
+from sparkvision.io.decode import decode_image
+from sparkvision.io.errors import ErrorKind, ImageError
+from sparkvision.preprocess.color import to_model_mode
+
+log = logging.getLogger(__name__)
+
+_BUILTIN_PATH = re.compile(r"^(?P<name>[a-z0-9-]+)/(?P<part>[a-z0-9]+)/(?P<index>\d+)\.png$")
+
+
+@dataclass
+class Thumbnail:
+    path: str
+    #: ``data:image/jpeg;base64,...``, or None when the image could not be read.
+    data_uri: str | None
+    error: str | None = None
+
+
+def _builtin_key(path: str) -> tuple[str, int] | None:
+    match = _BUILTIN_PATH.match(path)
+    if not match:
+        return None
+    name, part = match["name"], match["part"]
+    key = name if part == "all" else f"{name}:{part}"
+    return (key, int(match["index"])) if is_builtin(key) else None
+
+
+def _local_path(path: str) -> str | None:
+    if path.startswith("file:"):
+        local = path[len("file:"):]
+        if local.startswith("//"):
+            local = local[2:]  # file:///x and file://localhost/x
+            if not local.startswith("/"):
+                local = "/" + local.partition("/")[2]
+        return local
+    if "://" not in path:
+        return path
+    return None
+
+
+def _read_local(local: str, max_bytes: int) -> bytes:
+    candidates = [local] + ([unquote(local)] if "%" in local else [])
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            size = os.path.getsize(candidate)
+            if size > max_bytes:
+                raise ImageError(ErrorKind.TOO_LARGE, f"{size:,} bytes is too large for a thumbnail")
+            with open(candidate, "rb") as handle:
+                return handle.read()
+    raise FileNotFoundError(f"no such file: {local}")
+
+
+def _read_hadoop(spark: SparkSession, uri: str, max_bytes: int) -> bytes:
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    size = fs.getFileStatus(path).getLen()
+    if size > max_bytes:
+        raise ValueError(f"{size:,} bytes is too large for a thumbnail")
+    stream = fs.open(path)
+    try:
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def read_image_bytes(
+    spark: SparkSession | None,
+    paths: Sequence[str],
+    images: str | None = None,
+    settings: EvaluationSettings | None = None,
+) -> dict[str, bytes | Exception]:
+    """Encoded bytes for each path (or the exception that stopped it)."""
+    settings = settings or EvaluationSettings()
+    out: dict[str, bytes | Exception] = {}
+    if images and paths:
+        if spark is None:
+            raise ValueError("reading thumbnails from an image source needs a Spark session")
+        from sparkvision.io import load_images
+
+        wanted = spark.createDataFrame([(p,) for p in dict.fromkeys(paths)], "path string")
+        found = (
+            load_images(spark, images, probe="none")
+            .join(F.broadcast(wanted), "path", "left_semi")
+            .select("path", "content")
+            .collect()
+        )
+        for row in found:
+            if row["content"] is not None:
+                out[row["path"]] = bytes(row["content"])
+    arrays: dict[str, object] = {}
+    for path in paths:
+        if path in out:
+            continue
+        try:
+            builtin = _builtin_key(path)
+            local = _local_path(path)
+            if builtin is not None and not (local and os.path.isfile(local)):
+                key, index = builtin
+                if key not in arrays:
+                    arrays[key] = load_arrays(key)[0].images
+                out[path] = encode_png(arrays[key][index])  # type: ignore[index]
+            elif local is not None:
+                out[path] = _read_local(local, settings.max_thumbnail_bytes)
+            elif spark is not None:
+                out[path] = _read_hadoop(spark, path, settings.max_thumbnail_bytes)
+            else:
+                raise ValueError(f"cannot read {path} without a Spark session")
+        except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not cost the report
+            log.warning("no thumbnail for %s: %s", path, exc)
+            out[path] = exc
+    return out
+
+
+def to_data_uri(data: bytes, size: int, decode: DecodeSettings | None = None) -> str:
+    """A JPEG thumbnail (longest side ``size``) of encoded image bytes, EXIF orientation applied."""
+    decode = decode or DecodeSettings()
+    img = decode_image(data, decode, draft=lambda w, h: ("RGB", (size, size)))
+    img = to_model_mode(img, 3, decode.alpha_background)
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    if min(img.size) < 48:  # tiny images (28 px digits) would be unreadable at 1:1
+        scale = 96 / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def thumbnails(
+    spark: SparkSession | None,
+    paths: Sequence[str],
+    images: str | None = None,
+    settings: EvaluationSettings | None = None,
+) -> list[Thumbnail]:
+    settings = settings or EvaluationSettings()
+    found = read_image_bytes(spark, paths, images, settings)
+    out = []
+    for path in paths:
+        data = found.get(path)
+        if isinstance(data, bytes):
+            try:
+                out.append(Thumbnail(path, to_data_uri(data, settings.thumbnail_px)))
+                continue
+            except ImageError as exc:
+                out.append(Thumbnail(path, None, exc.message))
+                continue
+        out.append(Thumbnail(path, None, str(data) if data is not None else "not found"))
+    return out
