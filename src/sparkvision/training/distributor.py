@@ -1,0 +1,191 @@
+"""Launch :func:`.engine.run_rank` through Spark's own ``TorchDistributor``.
+
+``local_mode=True`` (master ``local[...]``): TorchDistributor runs ``torchrun`` on the
+driver with one process per worker. Otherwise each rank is a barrier task on an
+executor, which runs ``torchrun`` for one process; every rank then reads its shard
+of the datasets from storage all executors see (HDFS, an object store, or a shared
+mount), and rank 0 writes the model directory, so it must be on shared storage too.
+
+Only rank 0's result comes back. In cluster mode TorchDistributor returns partition 0's
+value, which is rank 0's. In local mode all ranks pickle their return values to one
+file and the last to finish wins, so rank 0 also writes its result to a file of its
+own (``TrainJob.result_file``), which is what :func:`fit` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sparkvision import __version__
+from sparkvision.config import DecodeSettings
+from sparkvision.training.config import TrainConfig
+from sparkvision.training.data import prepare_sources, read_index
+from sparkvision.training.engine import (
+    CHECKPOINT_DIR,
+    TrainJob,
+    latest_checkpoint,
+    resolve_preprocess,
+    run_rank,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the model directory and rank 0's metrics and curves."""
+
+    out: str
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    labels: list[str]
+    preprocess: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "labels": self.labels, "metrics": self.metrics, "history": self.history}
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file:"):
+        uri = uri[len("file:"):]
+        while uri.startswith("//"):
+            uri = uri[1:]
+    if "://" in uri:
+        raise ValueError(f"the model directory must be a local or shared-mount path, got {uri!r}")
+    return os.path.abspath(uri)
+
+
+def _prepare_out(out: str, config: TrainConfig, overwrite: bool) -> None:
+    path = Path(out)
+    if not path.exists():
+        return
+    has_checkpoint = latest_checkpoint(path) is not None
+    if config.checkpoint.resume:
+        return
+    if any(path.iterdir()):
+        if not overwrite:
+            hint = " (it holds checkpoints: pass --resume to continue that run)" if has_checkpoint else ""
+            raise FileExistsError(f"{out} already exists{hint}; pass overwrite (--overwrite) to replace it")
+        shutil.rmtree(path)
+
+
+def _remove_work(spark, work_dir: str, written: list[str], default: bool) -> None:
+    """Delete the datasets this run wrote (the whole default work directory)."""
+    from sparkvision.io import fs as hfs
+
+    targets = [work_dir] if default else [*written, work_dir.rstrip("/") + "/prepared.json"]
+    for uri in targets:
+        if hfs.exists(spark, uri):
+            hfs.delete(spark, uri)
+
+
+def _progress_tty() -> str | None:
+    try:
+        return os.ttyname(sys.stderr.fileno()) if sys.stderr.isatty() else None
+    except OSError:
+        return None
+
+
+def fit(
+    spark,
+    config: TrainConfig,
+    train: str,
+    out: str,
+    val: str | None = None,
+    test: str | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    decode: DecodeSettings | None = None,
+    source_reader=None,
+) -> TrainResult:
+    """Train ``config.model.arch`` on ``train`` and write a model directory to ``out``.
+
+    ``train``/``val``/``test`` are any SRC (built-in name, dataset, folder, URI);
+    ``source_reader(src) -> DataFrame`` overrides how non-dataset sources are read
+    (the CLI passes its --glob/--extensions options this way).
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    out = _local_path(out)
+    _prepare_out(out, config, overwrite)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    work_dir = config.data.work_dir or os.path.join(out, ".work")
+    prepared = prepare_sources(spark, train, val, test, config.data.val_fraction, config.data.test_fraction,
+                               config.seed, work_dir, source_reader)
+    index = read_index(prepared.train)
+    counts = index.class_counts()
+    classes = sorted(counts)
+    if len(classes) < 2:
+        raise ValueError(f"training needs at least 2 classes with usable rows in {train}, found {classes}")
+    preprocess = resolve_preprocess(config.model)
+
+    master = spark.sparkContext.master
+    local_mode = config.scaling.local_mode if config.scaling.local_mode is not None else master.startswith("local")
+    use_gpu = config.scaling.use_gpu
+    if use_gpu is None:
+        import torch
+
+        use_gpu = torch.cuda.is_available() if local_mode else int(
+            spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    workers = config.scaling.workers
+    if config.scaling.threads_per_worker:
+        threads = config.scaling.threads_per_worker
+    elif local_mode:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    else:
+        threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+
+    result_dir = tempfile.mkdtemp(prefix="sparkvision-train-") if local_mode else None
+    job = TrainJob(
+        config=config, train_uri=prepared.train, val_uri=prepared.val, test_uri=prepared.test, classes=classes,
+        class_counts=[counts[c] for c in classes], preprocess=preprocess, out_dir=out,
+        name=name or Path(out).name, use_gpu=bool(use_gpu), threads=threads, decode=decode or DecodeSettings(),
+        provenance={
+            "trained_by": f"sparkvision {__version__} train",
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sources": prepared.sources,
+            "datasets": {"train": prepared.train, "val": prepared.val, "test": prepared.test},
+            "rows": {"train": index.rows},
+            "spark_master": master,
+            "local_mode": local_mode,
+            "workers": workers,
+            "threads_per_worker": threads,
+            "device": "cuda" if use_gpu else "cpu",
+            "seed": config.seed,
+        },
+        progress_tty=_progress_tty() if local_mode else None,
+        result_file=os.path.join(result_dir, "rank0.pickle") if result_dir else None,
+    )
+    log.info("training %s on %d classes (%d rows in %s) with %d worker(s), %s mode, %d thread(s) each, %s",
+             config.model.arch, len(classes), index.rows, prepared.train, workers,
+             "local" if local_mode else "cluster", threads, "GPU" if use_gpu else "CPU")
+    try:
+        distributor = TorchDistributor(num_processes=workers, local_mode=local_mode, use_gpu=bool(use_gpu))
+        # TorchDistributor echoes every rank's output to stdout; stdout is for results.
+        with contextlib.redirect_stdout(sys.stderr):
+            returned = distributor.run(run_rank, job)
+        if job.result_file:
+            with open(job.result_file, "rb") as handle:
+                returned = pickle.load(handle)
+    finally:
+        if result_dir:
+            shutil.rmtree(result_dir, ignore_errors=True)
+    if not isinstance(returned, dict):
+        raise RuntimeError("training finished without rank 0's result")
+    if not config.data.keep_work:
+        _remove_work(spark, work_dir, prepared.written, default=config.data.work_dir is None)
+    return TrainResult(returned["out"], returned["metrics"], returned["history"], returned["labels"],
+                       returned["preprocess"])
+
+
+__all__ = ["CHECKPOINT_DIR", "TrainResult", "fit"]
