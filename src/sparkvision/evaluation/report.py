@@ -109,11 +109,14 @@ def plot_reliability(result: EvaluationResult) -> str | None:
     confs = [b.confidence if b.confidence is not None else 0.0 for b in bins]
     filled = [b.count > 0 for b in bins]
     top.plot([0, 1], [0, 1], ls="--", color="#6b7280", lw=1, label="perfect calibration")
-    top.bar([c for c, f in zip(centers, filled, strict=True) if f], [a for a, f in zip(accs, filled, strict=True) if f],
-            width=width * 0.95, color="#3b82f6", edgecolor="#1e3a8a", label="accuracy")
-    gaps = [(c, a, k) for c, a, k, f in zip(centers, accs, confs, filled, strict=True) if f]
-    top.bar([c for c, _, _ in gaps], [k - a for _, a, k in gaps], bottom=[a for _, a, _ in gaps],
-            width=width * 0.95, color="#f87171", alpha=0.45, edgecolor="#b91c1c", label="gap to confidence")
+    shown = [(c, a, k) for c, a, k, f in zip(centers, accs, confs, filled, strict=True) if f]
+    top.bar([c for c, _, _ in shown], [a for _, a, _ in shown], width=width * 0.95, color="#3b82f6",
+            edgecolor="#1e3a8a", alpha=0.85, label="accuracy")
+    # The gap between accuracy and mean confidence, hatched so it reads on top of a bar or above it.
+    top.bar([c for c, _, _ in shown], [abs(k - a) for _, a, k in shown], bottom=[min(a, k) for _, a, k in shown],
+            width=width * 0.95, fill=False, hatch="///", edgecolor="#dc2626", lw=0.8, label="gap to confidence")
+    top.scatter([c for c, _, _ in shown], [k for _, _, k in shown], marker="_", s=220, color="#111827",
+                zorder=3, label="mean confidence")
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     ece = f"{result.ece:.4f}" if result.ece is not None else "n/a"
@@ -357,8 +360,8 @@ def render_html(report: Report) -> str:
                      report.heatmap_note),
         _per_class_html(r),
         _img_section("reliability", "Calibration", report.reliability_png, "reliability diagram",
-                     "Bars: accuracy of the rows whose confidence falls in each bin; red: the gap to their mean "
-                     "confidence. ECE is the row-weighted mean gap."),
+                     "Bars: accuracy of the rows whose confidence falls in each bin (equal-width bins, right-closed); "
+                     "black ticks: their mean confidence; hatched: the gap. ECE is the row-weighted mean gap."),
         _img_section("curves", "Training curves", report.curves_png, "training curves",
                      "From curves.csv: " + html.escape(", ".join(report.curves_columns))),
         _gallery_html(report.gallery),

@@ -135,8 +135,12 @@ def read_image_bytes(
             else:
                 raise ValueError(f"cannot read {path} without a Spark session")
         except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not cost the report
-            log.warning("no thumbnail for %s: %s", path, exc)
+            log.debug("no thumbnail for %s: %s", path, exc)
             out[path] = exc
+    failed = [p for p in paths if isinstance(out.get(p), Exception)]
+    if failed:
+        log.warning("%d of %d gallery images could not be read (first: %s: %s); pass the image source "
+                    "(--images) if the files moved", len(failed), len(paths), failed[0], out[failed[0]])
     return out
 
 
