@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +68,24 @@ def model_key(model: bytes | str | Path) -> str:
     return f"{path}:{path.stat().st_mtime_ns}"
 
 
-def cached_model(model: bytes | str | Path, threads: int | None = None, key: str | None = None) -> OnnxModel:
-    """The process-wide session for ``model``; created on first use."""
+def cached_model(
+    model: bytes | str | Path | Callable[[], bytes], threads: int | None = None, key: str | None = None
+) -> OnnxModel:
+    """The process-wide session for ``model``; created on first use.
+
+    ``model`` may also be a zero-argument callable returning the bytes (with ``key``
+    given), so a Spark broadcast is only read when this process has no session yet.
+    """
     threads = threads or int(os.environ.get("SPARKVISION_TASK_CPUS", "1"))
-    cache_key = (key or model_key(model), threads)
+    if callable(model) and key is None:
+        raise ValueError("cached_model needs a key when the model is given as a loader")
+    cache_key = (key or model_key(model), threads)  # type: ignore[arg-type]
     with _CACHE_LOCK:
         found = _CACHE.get(cache_key)
         if found is not None:
             _CACHE.move_to_end(cache_key)
             return found
-    created = OnnxModel(model, threads)
+    created = OnnxModel(model() if callable(model) else model, threads)
     with _CACHE_LOCK:
         _CACHE[cache_key] = created
         while len(_CACHE) > _CACHE_CAPACITY:

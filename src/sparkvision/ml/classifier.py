@@ -1,0 +1,395 @@
+"""Transfer learning: a frozen pretrained backbone's features + an MLlib classifier, as one PipelineModel.
+
+The fitted model is a plain Spark ``PipelineModel`` of six stages::
+
+    ImageFeaturizer      content -> features (null on a bad row, with its error)
+    NullVectorFiller     features -> features_filled (zeros where null: MLlib cannot score nulls)
+    StringIndexerModel   label -> label_index (alphabetical; unseen/null labels are kept, not fatal)
+    classifier model     features_filled -> raw_prediction, probability_vector, prediction_index
+    IndexToString        prediction_index -> predicted_label
+    PredictionFormatter  -> prediction (class name), probability (array<double>), both null on error
+
+``probability`` follows the StringIndexer's label order, which the model directory's
+card records as ``labels``. Fitting featurizes the training images once and caches
+the vectors, so a grid search (``CrossValidator``) over the classifier's parameters
+never runs the CNN again; the fitted pieces are then assembled into the model above.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark import StorageLevel, keyword_only
+from pyspark.ml import Estimator, Model, PipelineModel, Transformer
+from pyspark.ml.classification import (
+    GBTClassifier,
+    LogisticRegression,
+    MultilayerPerceptronClassifier,
+    OneVsRest,
+    RandomForestClassifier,
+)
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.feature import IndexToString, StringIndexer
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sparkvision.config import PreprocessConfig, TransferSettings
+from sparkvision.io.schema import CONTENT, ERROR, LABEL, PATH
+from sparkvision.ml.base import HasErrorCol
+from sparkvision.ml.featurizer import ImageFeaturizer
+
+log = logging.getLogger(__name__)
+
+# Column names inside the fitted pipeline.
+FEATURES = "features"
+FEATURES_FILLED = "features_filled"
+LABEL_INDEX = "label_index"
+RAW_PREDICTION = "raw_prediction"
+PROBABILITY_VECTOR = "probability_vector"
+PREDICTION_INDEX = "prediction_index"
+PREDICTED_LABEL = "predicted_label"
+PREDICTION = "prediction"
+PROBABILITY = "probability"
+
+CLASSIFIERS = ("logreg", "rf", "gbt", "mlp")
+
+
+# ---------------------------------------------------------------- small stages
+
+
+class NullVectorFiller(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """Copies a vector column, zeros where it is null, so MLlib models can score every row.
+
+    Rows filled here are bad rows; :class:`PredictionFormatter` nulls their outputs again.
+    """
+
+    size: Param[int] = Param(Params._dummy(), "size", "length of the vectors", TypeConverters.toInt)
+
+    @keyword_only
+    def __init__(self, *, inputCol: str = FEATURES, outputCol: str = FEATURES_FILLED, size: int = 0) -> None:
+        super().__init__()
+        self._setDefault(inputCol=FEATURES, outputCol=FEATURES_FILLED, size=0)
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        size = self.getOrDefault(self.size)
+        if size < 1:
+            raise ValueError(f"NullVectorFiller needs size >= 1, got {size}")
+        zeros = array_to_vector(F.array_repeat(F.lit(0.0), size))
+        return dataset.withColumn(self.getOutputCol(), F.coalesce(F.col(self.getInputCol()), zeros))
+
+
+class PredictionFormatter(Transformer, HasErrorCol, DefaultParamsReadable, DefaultParamsWritable):
+    """The predictions contract: ``prediction`` (class name) and ``probability`` (array<double>
+    in the label order), both null on rows with an error.
+
+    ``probabilityMode``: ``vector`` copies the classifier's probability vector;
+    ``ovr_margin`` turns one-vs-rest GBT margins F into sigmoid(2F) per class,
+    normalised to sum to 1 (OneVsRest models give no probabilities of their own).
+    """
+
+    labelCol: Param[str] = Param(Params._dummy(), "labelCol", "predicted class name column", TypeConverters.toString)
+    sourceCol: Param[str] = Param(
+        Params._dummy(), "sourceCol", "probability vector (or raw margins) column", TypeConverters.toString
+    )
+    probabilityMode: Param[str] = Param(
+        Params._dummy(), "probabilityMode", "'vector' or 'ovr_margin'", TypeConverters.toString
+    )
+    predictionCol: Param[str] = Param(Params._dummy(), "predictionCol", "output class name", TypeConverters.toString)
+    probabilityCol: Param[str] = Param(
+        Params._dummy(), "probabilityCol", "output probabilities", TypeConverters.toString
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        labelCol: str = PREDICTED_LABEL,
+        sourceCol: str = PROBABILITY_VECTOR,
+        probabilityMode: str = "vector",
+        predictionCol: str = PREDICTION,
+        probabilityCol: str = PROBABILITY,
+        errorCol: str = ERROR,
+    ) -> None:
+        super().__init__()
+        self._setDefault(
+            labelCol=PREDICTED_LABEL, sourceCol=PROBABILITY_VECTOR, probabilityMode="vector",
+            predictionCol=PREDICTION, probabilityCol=PROBABILITY, errorCol=ERROR,
+        )
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        mode = self.getOrDefault(self.probabilityMode)
+        values = vector_to_array(F.col(self.getOrDefault(self.sourceCol)), "float64")
+        if mode == "ovr_margin":
+            sig = F.transform(values, lambda m: 1.0 / (1.0 + F.exp(-2.0 * m)))
+            total = F.aggregate(sig, F.lit(0.0), lambda acc, x: acc + x)
+            probability = F.transform(sig, lambda x: x / total)
+        elif mode == "vector":
+            probability = values
+        else:
+            raise ValueError(f"probabilityMode must be 'vector' or 'ovr_margin', got {mode!r}")
+        ok = F.col(self.getErrorCol()).isNull()
+        return dataset.withColumns({
+            self.getOrDefault(self.predictionCol): F.when(ok, F.col(self.getOrDefault(self.labelCol))),
+            self.getOrDefault(self.probabilityCol): F.when(ok, probability),
+        })
+
+
+# ---------------------------------------------------------------- classifiers
+
+
+def build_classifier(settings: TransferSettings, num_features: int, num_classes: int) -> Estimator:
+    """The MLlib estimator named by ``settings.classifier``, wired to the pipeline's columns."""
+    cols = {"featuresCol": FEATURES_FILLED, "labelCol": LABEL_INDEX, "predictionCol": PREDICTION_INDEX}
+    probabilistic = {**cols, "rawPredictionCol": RAW_PREDICTION, "probabilityCol": PROBABILITY_VECTOR}
+    name = settings.classifier
+    if name == "logreg":
+        return LogisticRegression(
+            family="multinomial", regParam=settings.logreg_reg_param, elasticNetParam=settings.logreg_elastic_net,
+            maxIter=settings.logreg_max_iter, **probabilistic,
+        )
+    if name == "rf":
+        return RandomForestClassifier(
+            numTrees=settings.rf_num_trees, maxDepth=settings.rf_max_depth, seed=settings.seed, **probabilistic,
+        )
+    if name == "gbt":
+        return OneVsRest(classifier=_gbt(settings.gbt_max_iter, settings.gbt_max_depth, settings.seed),
+                         rawPredictionCol=RAW_PREDICTION, **cols)
+    if name == "mlp":
+        return MultilayerPerceptronClassifier(
+            layers=[num_features, *settings.mlp_hidden, num_classes], maxIter=settings.mlp_max_iter,
+            seed=settings.seed, **probabilistic,
+        )
+    raise ValueError(f"unknown classifier {name!r}; choose one of {CLASSIFIERS}")
+
+
+def _gbt(max_iter: int, max_depth: int, seed: int) -> GBTClassifier:
+    return GBTClassifier(maxIter=max_iter, maxDepth=max_depth, seed=seed, featuresCol=FEATURES_FILLED,
+                         labelCol=LABEL_INDEX)
+
+
+def param_grid(settings: TransferSettings, estimator: Estimator, num_features: int, num_classes: int) -> list:
+    """The grid searched by ``--grid`` for each classifier (values in ``TransferSettings``)."""
+    grid = ParamGridBuilder()
+    name = settings.classifier
+    if name == "logreg":
+        grid.addGrid(estimator.regParam, list(settings.logreg_grid_reg))
+    elif name == "rf":
+        grid.addGrid(estimator.numTrees, list(settings.rf_grid_trees))
+        grid.addGrid(estimator.maxDepth, list(settings.rf_grid_depth))
+    elif name == "gbt":
+        grid.addGrid(estimator.classifier, [
+            _gbt(i, d, settings.seed) for i in settings.gbt_grid_iter for d in settings.gbt_grid_depth
+        ])
+    elif name == "mlp":
+        grid.addGrid(estimator.layers, [[num_features, *h, num_classes] for h in settings.mlp_grid_hidden])
+        grid.addGrid(estimator.stepSize, list(settings.mlp_grid_step))
+    return grid.build()
+
+
+def _describe_params(model: Model | Estimator, name: str) -> dict[str, Any]:
+    """The classifier's tunable parameters as plain values, for provenance."""
+    keys = {
+        "logreg": ["regParam", "elasticNetParam", "maxIter", "family"],
+        "rf": ["numTrees", "maxDepth", "seed"],
+        "mlp": ["layers", "maxIter", "stepSize", "seed"],
+    }.get(name, [])
+    params: dict[str, Any] = {}
+    target: Any = model
+    if name == "gbt":
+        target = model.getClassifier() if hasattr(model, "getClassifier") else model.getOrDefault("classifier")
+        keys = ["maxIter", "maxDepth", "seed"]
+    for key in keys:
+        if target.hasParam(key) and target.isDefined(target.getParam(key)):
+            value = target.getOrDefault(target.getParam(key))
+            params[key] = list(value) if isinstance(value, list | tuple) else value
+    return params
+
+
+# ---------------------------------------------------------------- fitting
+
+
+@dataclass
+class TransferModel:
+    """A fitted transfer-learning model and what it was made from."""
+
+    pipeline: PipelineModel
+    labels: list[str]
+    preprocess: PreprocessConfig
+    settings: TransferSettings
+    classifier_params: dict[str, Any]
+    featurizer: ImageFeaturizer
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    grid_results: list[dict[str, Any]] = field(default_factory=list)
+
+    def transform(self, frame: DataFrame) -> DataFrame:
+        return self.pipeline.transform(frame)
+
+    def save(self, out: str, overwrite: bool = False, name: str | None = None) -> Path:
+        """Write a model directory of kind ``spark_pipeline`` (atomically: staged, then renamed)."""
+        from sparkvision.models.model_dir import SPARK_PIPELINE_DIR, ModelCard, save_card
+
+        spark = SparkSession.active()
+        out_path = Path(out[len("file:"):] if out.startswith("file:") else out).resolve()
+        card = ModelCard(
+            name=name or out_path.name,
+            kind="spark_pipeline",
+            labels=list(self.labels),
+            preprocess=self.preprocess,
+            architecture=f"{self.settings.model_name} ({self.settings.output}) + MLlib {self.settings.classifier}",
+            onnx=None,
+            spark_pipeline=SPARK_PIPELINE_DIR,
+            provenance=self.provenance,
+            metrics=self.metrics,
+        )
+        from sparkvision.io import fs
+
+        with fs.atomic_output(spark, str(out_path), overwrite=overwrite) as staging:
+            self.pipeline.write().save(f"{staging}/{SPARK_PIPELINE_DIR}")
+            save_card(staging[len("file:"):] if staging.startswith("file:") else staging, card)
+        log.info("saved model to %s", out_path)
+        return out_path
+
+
+def featurized(featurizer: ImageFeaturizer, frame: DataFrame) -> DataFrame:
+    """Training rows as (label, features), computed once and kept (memory, then disk)."""
+    rows = (
+        featurizer.transform(frame.select(PATH, LABEL, CONTENT, ERROR))
+        .where(F.col(ERROR).isNull() & F.col(LABEL).isNotNull())
+        .select(LABEL, FEATURES)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    return rows
+
+
+def fit_transfer(
+    train: DataFrame,
+    val: DataFrame | None = None,
+    settings: TransferSettings | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> TransferModel:
+    """Fit featurizer + StringIndexer + classifier on ``train`` (IMAGE_SCHEMA rows with labels).
+
+    Rows with errors or without a label are left out of training (their count is
+    logged and recorded). With ``settings.grid`` the classifier's parameters are chosen
+    by k-fold cross-validation on the cached features. With ``val``, the returned
+    model's ``metrics`` are its validation metrics.
+    """
+    settings = settings or TransferSettings()
+    started = time.perf_counter()
+    featurizer = ImageFeaturizer(
+        modelName=settings.model_name, output=settings.output, batchSize=settings.batch_size
+    )
+    source = featurizer.model_source()
+    num_features = featurizer.num_features()
+    train_features = featurized(featurizer, train)
+    try:
+        counts = {r[LABEL]: int(r["count"]) for r in train_features.groupBy(LABEL).count().collect()}
+        total_rows = train.count()
+        used = sum(counts.values())
+        if len(counts) < 2:
+            raise ValueError(f"training needs at least 2 classes with usable images, found {sorted(counts)}")
+        log.info("featurized %d training images of %d classes (%d rows left out: errors or no label)",
+                 used, len(counts), total_rows - used)
+        indexer = StringIndexer(
+            inputCol=LABEL, outputCol=LABEL_INDEX, stringOrderType="alphabetAsc", handleInvalid="keep"
+        ).fit(train_features)
+        labels = list(indexer.labels)
+        filler = NullVectorFiller(inputCol=FEATURES, outputCol=FEATURES_FILLED, size=num_features)
+        prepared = filler.transform(indexer.transform(train_features)).select(FEATURES_FILLED, LABEL_INDEX)
+        prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
+        estimator = build_classifier(settings, num_features, len(labels))
+        grid_results: list[dict[str, Any]] = []
+        try:
+            if settings.grid:
+                grid = param_grid(settings, estimator, num_features, len(labels))
+                evaluator = MulticlassClassificationEvaluator(
+                    labelCol=LABEL_INDEX, predictionCol=PREDICTION_INDEX, metricName="accuracy"
+                )
+                search = CrossValidator(
+                    estimator=estimator, estimatorParamMaps=grid, evaluator=evaluator,
+                    numFolds=settings.grid_folds, seed=settings.seed, parallelism=1,
+                )
+                cv_model = search.fit(prepared)
+                classifier_model = cv_model.bestModel
+                for params, score in zip(grid, cv_model.avgMetrics, strict=True):
+                    grid_results.append({
+                        "params": {p.name: _plain(v) for p, v in params.items()}, "cv_accuracy": float(score),
+                    })
+                log.info("grid search: %s", grid_results)
+            else:
+                classifier_model = estimator.fit(prepared)
+        finally:
+            prepared.unpersist()
+    finally:
+        train_features.unpersist()
+    stages = [
+        featurizer,
+        filler,
+        indexer,
+        classifier_model,
+        IndexToString(inputCol=PREDICTION_INDEX, outputCol=PREDICTED_LABEL, labels=labels),
+        PredictionFormatter(
+            sourceCol=RAW_PREDICTION if settings.classifier == "gbt" else PROBABILITY_VECTOR,
+            probabilityMode="ovr_margin" if settings.classifier == "gbt" else "vector",
+        ),
+    ]
+    pipeline = PipelineModel(stages=stages)
+    classifier_params = _describe_params(classifier_model, settings.classifier)
+    model = TransferModel(
+        pipeline=pipeline, labels=labels, preprocess=source.preprocess, settings=settings,
+        classifier_params=classifier_params, featurizer=featurizer, grid_results=grid_results,
+        provenance={
+            **(provenance or {}),
+            "backbone": settings.model_name,
+            "backbone_output": settings.output,
+            "backbone_digest": source.digest,
+            "classifier": settings.classifier,
+            "classifier_params": classifier_params,
+            "grid": grid_results,
+            "seed": settings.seed,
+            "train_rows": counts,
+            "settings": _plain(asdict(settings)),
+        },
+    )
+    log.info("fitted %s in %.1f s", settings.classifier, time.perf_counter() - started)
+    if val is not None:
+        model.metrics = validation_metrics(model.transform(val), labels)
+        model.provenance["fit_seconds"] = round(time.perf_counter() - started, 1)
+    return model
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able values for provenance (tuples to lists, Spark estimators to their params)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Params):
+        return {p.name: _plain(v) for p, v in value.extractParamMap().items()
+                if p.name in ("maxIter", "maxDepth", "seed")}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------- validation metrics
+
+
+def validation_metrics(predictions: DataFrame, labels: list[str]) -> dict[str, Any]:
+    """All of :func:`sparkvision.evaluation.evaluate_predictions` (one Spark pass), as metrics.json holds it."""
+    from sparkvision.evaluation.metrics import PREDICTION_COLUMNS, evaluate_predictions
+
+    return evaluate_predictions(predictions.select(*PREDICTION_COLUMNS), labels).to_dict()
