@@ -9,6 +9,7 @@ is switched off in favour of it.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -58,13 +59,52 @@ def colour_channels(img: Image.Image) -> int:
 
 
 def exif_orientation(img: Image.Image) -> int:
-    """EXIF orientation 1-8; a broken EXIF block counts as 'no rotation' (the pixels are fine)."""
+    """EXIF orientation 1-8; a broken EXIF block counts as 'no rotation' (the pixels are fine).
+
+    Call it on a loaded image, or on a JPEG: Pillow's PNG plugin decodes the whole
+    image to look for an eXIf chunk after the pixels, and a decode error there must
+    not be mistaken for a broken EXIF block (see :func:`_header_orientation`).
+    """
     try:
         value = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
         value = int(value)
     except Exception:  # noqa: BLE001 - malformed EXIF must not cost a good image
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+#: File signatures of the formats ingestion reads, to tell a broken image from a non-image.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format a file's signature claims, whether or not the rest is valid."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+_JPEG_FRAME_HEADER = re.compile(rb"\xff[\xc0-\xc3\xc5-\xc7\xc9-\xcb\xcd-\xcf]")
+
+
+def _header_cut(data: bytes, claimed: str) -> bool:
+    """Whether the bytes stop before the header that gives the image's size."""
+    if claimed == "PNG":
+        return len(data) < 33  # signature + IHDR chunk
+    if claimed == "JPEG":
+        return _JPEG_FRAME_HEADER.search(data) is None  # no start-of-frame marker
+    return len(data) < 64
 
 
 def _open(data: bytes | None) -> Image.Image:
@@ -77,9 +117,23 @@ def _open(data: bytes | None) -> Image.Image:
             warnings.simplefilter("ignore")
             return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        claimed = sniff_format(data)
+        if claimed is not None and _header_cut(data, claimed):
+            raise ImageError(
+                ErrorKind.TRUNCATED, f"starts like a {claimed} file but ends inside its header ({len(data)} bytes)"
+            ) from None
+        if claimed is not None:
+            raise ImageError(ErrorKind.CORRUPT, f"starts like a {claimed} file but its header cannot be parsed") from None
         raise ImageError(ErrorKind.NOT_AN_IMAGE, f"no image format recognises these {len(data)} bytes") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error) as exc:
+        if _is_truncation(exc):
+            raise ImageError(ErrorKind.TRUNCATED, f"the data ends inside the header ({exc})") from None
         raise ImageError(ErrorKind.CORRUPT, f"header cannot be parsed ({exc})") from None
+
+
+def _is_truncation(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, EOFError) or "truncated" in text or "premature end" in text
 
 
 def _check_pixels(img: Image.Image, max_pixels: int) -> None:
@@ -98,15 +152,25 @@ def _load(img: Image.Image) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-    except OSError as exc:
-        text = str(exc)
-        if "truncated" in text or "premature end" in text.lower():
-            raise ImageError(ErrorKind.TRUNCATED, text) from None
-        raise ImageError(ErrorKind.CORRUPT, text) from None
-    except (SyntaxError, ValueError, struct.error, EOFError, zlib.error, IndexError, TypeError) as exc:
+    except (OSError, EOFError) as exc:
+        if _is_truncation(exc):
+            raise ImageError(ErrorKind.TRUNCATED, str(exc) or "the data ends before the image does") from None
+        raise ImageError(ErrorKind.CORRUPT, str(exc)) from None
+    except (SyntaxError, ValueError, struct.error, zlib.error, IndexError, TypeError) as exc:
         raise ImageError(ErrorKind.CORRUPT, f"{type(exc).__name__}: {exc}") from None
     except MemoryError:
         raise ImageError(ErrorKind.TOO_MANY_PIXELS, "not enough memory to decode this image") from None
+
+
+def _header_orientation(img: Image.Image) -> int:
+    """Orientation from what opening the file has parsed, without decoding pixels.
+
+    JPEG, WebP and TIFF carry EXIF before the pixels; a PNG's eXIf chunk is only known
+    here when it precedes the image data (as Pillow and most tools write it).
+    """
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    return exif_orientation(img)
 
 
 def displayed_size(img: Image.Image, orientation: int) -> tuple[int, int]:
@@ -128,6 +192,8 @@ def decode_image(
     settings = settings or DecodeSettings()
     img = _open(data)
     _check_pixels(img, settings.max_pixels)
+    if img.format != "JPEG":
+        _load(img)  # before EXIF: Pillow's PNG EXIF lookup would decode and hide errors
     orientation = exif_orientation(img)
     if draft is not None and settings.jpeg_draft and img.format == "JPEG":
         mode, (width, height) = draft(*displayed_size(img, orientation))
@@ -154,9 +220,8 @@ def probe_image(data: bytes | None, settings: DecodeSettings | None = None, full
     settings = settings or DecodeSettings()
     img = _open(data)
     _check_pixels(img, settings.max_pixels)
-    orientation = exif_orientation(img)
-    width, height = displayed_size(img, orientation)
-    info = ImageInfo(img.format, img.mode, width, height, colour_channels(img))
+    # As stored: a draft decode changes mode and size.
+    mode, channels, (width, height) = img.mode, colour_channels(img), img.size
     if full:
         if img.format == "JPEG" and settings.jpeg_draft:
             try:
@@ -164,4 +229,9 @@ def probe_image(data: bytes | None, settings: DecodeSettings | None = None, full
             except (OSError, ValueError):
                 pass
         _load(img)
-    return info
+        orientation = exif_orientation(img)
+    else:
+        orientation = _header_orientation(img)
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return ImageInfo(img.format, mode, width, height, channels)

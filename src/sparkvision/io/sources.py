@@ -19,10 +19,12 @@ import fnmatch
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -61,10 +63,18 @@ def _display(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def is_hidden(name: str) -> bool:
+    """Spark's and Hadoop's rule for names that are not data (``.DS_Store``, ``_SUCCESS``, ``x._COPYING_``).
+
+    Both sources apply it to files and folders, so they list the same files.
+    """
+    return (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
+
+
 def _wanted(name: bytes, settings: IngestSettings, glob: str | None) -> bool:
     text = _display(name)
-    if text.startswith("."):
-        return False  # hidden files (.DS_Store, ._resource forks), as Spark's file sources do
+    if is_hidden(text):
+        return False
     if glob is not None and not fnmatch.fnmatchcase(text, glob):
         return False
     return text.lower().endswith(settings.extensions)
@@ -99,7 +109,7 @@ def list_folder(root: str, settings: IngestSettings | None = None, glob: str | N
             except OSError:
                 is_dir = False
             if is_dir:
-                if _display(entry.name).startswith("."):
+                if is_hidden(_display(entry.name)):
                     continue
                 class_name = entry.name if top is None else top
                 if top is None:
@@ -149,6 +159,8 @@ def describe_rows(
                 info = probe_image(data, decode, full=probe == "full")
             except ImageError as exc:
                 error = exc.message
+            except Exception as exc:  # noqa: BLE001 - one odd file must not fail the Spark task
+                error = ImageError(ErrorKind.CORRUPT, f"decoding failed ({type(exc).__name__}: {exc})").message
         elif error is None and not data:
             error = ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes").message
         out["path"].append(path)
@@ -196,15 +208,27 @@ def read_folder(
     listing = list_folder(root, ingest, glob)
     for folder in listing.empty_class_folders:
         log.warning("class folder %r under %s holds no image files", folder, root)
-    files = listing.files
-    log.info("listed %d files under %s", len(files), root)
-    max_partition = int(spark.conf.get("spark.sql.files.maxPartitionBytes", str(64 << 20)).rstrip("b"))
+    log.info("listed %d files under %s", len(listing.files), root)
+    return _read_listing(spark, listing.files, ingest, decode, probe)
+
+
+def _read_listing(
+    spark: SparkSession, files: pd.DataFrame, ingest: IngestSettings, decode: DecodeSettings, probe: ProbeLevel
+) -> DataFrame:
+    """Executors read and check listed local files, in partitions of about maxPartitionBytes."""
+    max_partition = _conf_bytes(spark, "spark.sql.files.maxPartitionBytes", "128m")
     total = int(files["size"].clip(lower=0).sum()) if len(files) else 0
     parallelism = spark.sparkContext.defaultParallelism
     partitions = max(1, min(len(files), max(parallelism, math.ceil(total / max_partition))))
     frame = spark.createDataFrame(files, schema=_LISTING_SCHEMA).repartition(partitions)
     reader = partial(_read_listed_batches, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe)
     return frame.mapInPandas(reader, IMAGE_SCHEMA)
+
+
+def _conf_bytes(spark: SparkSession, key: str, default: str) -> int:
+    """A size setting (``64m``, ``134217728``) parsed as Spark itself parses it."""
+    text = spark.conf.get(key, default) or default
+    return int(spark.sparkContext._jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(text))
 
 
 def _case_insensitive_glob(extensions: tuple[str, ...]) -> str:
@@ -229,18 +253,40 @@ def _label_of(path: str, root: str) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
+def _hadoop_path(uri: str) -> str:
+    """Spark's ``inputFiles()`` URI text (``file:///a%20b``) as its scans print paths (``file:/a b``)."""
+    parts = urlsplit(uri)
+    authority = f"//{parts.netloc}" if parts.netloc else ""
+    return f"{parts.scheme}:{authority}{unquote(parts.path)}" if parts.scheme else unquote(parts.path)
+
+
+def _depth_ok(path: str, root: str, recursive: bool) -> bool:
+    """Without recursion only ``root/file`` and ``root/class/file`` are read, as the folder source does."""
+    return recursive or path[len(root) + 1:].count("/") <= 1
+
+
 def _describe_binary_batches(
-    batches: Iterator[pd.DataFrame], root: str, decode: DecodeSettings, probe: ProbeLevel
+    batches: Iterator[pd.DataFrame], root: str, max_bytes: int, decode: DecodeSettings, probe: ProbeLevel
 ) -> Iterator[pd.DataFrame]:
     for batch in batches:
         paths = list(batch["path"])
-        contents = list(batch["content"])
-        errors = [
-            None if data is not None else ImageError(
-                ErrorKind.UNREADABLE, "Spark's binaryFile reader could not read this file (see executor logs)"
-            ).message
-            for data in contents
-        ]
+        contents: list[bytes | None] = list(batch["content"])
+        errors: list[str | None] = []
+        for i, (data, length) in enumerate(zip(contents, batch["length"], strict=True)):
+            if data is not None:
+                errors.append(None)
+            elif pd.isna(length):
+                # Listed, but absent from the scan: Spark's scans never produce zero-length
+                # files (or the file vanished after listing).
+                errors.append(ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes").message)
+            elif int(length) > max_bytes:
+                contents[i] = None
+                errors.append(ImageError(
+                    ErrorKind.TOO_LARGE, f"{int(length):,} bytes exceeds the limit of {max_bytes:,}").message)
+            else:
+                errors.append(ImageError(
+                    ErrorKind.UNREADABLE, "Spark's binaryFile reader could not read this file (see executor logs)"
+                ).message)
         labels = [_label_of(p, root) for p in paths]
         yield describe_rows(paths, labels, contents, errors, decode, probe)
 
@@ -253,24 +299,54 @@ def read_binary_files(
     glob: str | None = None,
     probe: ProbeLevel = "full",
 ) -> DataFrame:
-    """Any Hadoop URI through Spark's ``binaryFile`` source, unreadable files kept as error rows."""
+    """Any Hadoop URI through Spark's ``binaryFile`` source, unreadable files kept as error rows.
+
+    Spark's scans silently drop three kinds of file: zero-length ones (never split into
+    a partition), ones it cannot read (``ignoreCorruptFiles``, needed so one bad file
+    does not fail the job) and, on local disks, names Java cannot represent and
+    dangling links. So the rows come from the listing (``inputFiles()``), left-joined
+    with a metadata scan (lengths; no file opened) and with the content scan; on
+    ``file:`` URIs a Python walk adds the files Hadoop cannot see at all.
+    """
     ingest = ingest or IngestSettings()
     decode = decode or DecodeSettings()
     root = _qualified_root(spark, uri)
     reader = (
         spark.read.format("binaryFile")
-        .option("recursiveFileLookup", str(ingest.recursive).lower())
+        # Always recursive: without it Spark infers partition columns from 'key=value' folders.
+        .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", glob or _case_insensitive_glob(ingest.extensions))
-    )
-    listing = reader.load(uri).select("path")  # metadata only: no file is opened
-    contents = (
-        reader.option("ignoreCorruptFiles", "true")
+        .option("ignoreCorruptFiles", "true")
         .option("ignoreMissingFiles", "true")
-        .load(uri)
-        .select("path", "content")
     )
-    if glob is not None:
-        pattern = "(?i)(" + "|".join(e.replace(".", r"\.") for e in ingest.extensions) + ")$"
-        listing = listing.where(F.col("path").rlike(pattern))
-    joined = listing.join(contents, "path", "left")
-    return joined.mapInPandas(partial(_describe_binary_batches, root=root, decode=decode, probe=probe), IMAGE_SCHEMA)
+    if root.startswith("file:"):
+        # Hadoop's checksumming local FS opens a '.name.crc' sibling, and cannot build that
+        # path for names with ':' (Relative path in absolute URI); the raw FS reads them.
+        reader = reader.option("fs.file.impl", "org.apache.hadoop.fs.RawLocalFileSystem").option(
+            "fs.file.impl.disable.cache", "true"
+        )
+    files = reader.load(uri)
+    listed = [_hadoop_path(u) for u in files.inputFiles()]
+    pattern = re.compile("(" + "|".join(re.escape(e) for e in ingest.extensions) + ")$", re.IGNORECASE)
+    listed = sorted({p for p in listed if pattern.search(p) and _depth_ok(p, root, ingest.recursive)})
+    log.info("Spark listed %d files under %s", len(listed), root)
+    listing = spark.createDataFrame(pd.DataFrame({"path": listed}, dtype=object), "path string")
+    lengths = files.select("path", "length")  # file status only: nothing is opened
+    contents = files.where(F.col("length") <= ingest.max_file_bytes).select("path", "content")
+    joined = listing.join(lengths, "path", "left").join(contents, "path", "left")
+    frame = joined.mapInPandas(
+        partial(_describe_binary_batches, root=root, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe),
+        IMAGE_SCHEMA,
+    )
+    if root.startswith("file:"):
+        unseen = _unseen_local_files(root, set(listed), ingest, glob)
+        if len(unseen):
+            log.warning("%d files under %s are invisible to Hadoop (dangling links, names that are not UTF-8); "
+                        "reading them in Python", len(unseen), root)
+            frame = frame.unionByName(_read_listing(spark, unseen, ingest, decode, probe))
+    return frame
+
+
+def _unseen_local_files(root: str, listed: set[str], ingest: IngestSettings, glob: str | None) -> pd.DataFrame:
+    files = list_folder(root, ingest, glob).files
+    return files[~files["path"].isin(listed)].reset_index(drop=True)

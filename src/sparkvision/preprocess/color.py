@@ -8,16 +8,20 @@ The rules, in order:
   Dropping alpha without compositing would expose whatever colour the encoder left
   under fully transparent pixels.
 * ``P`` without transparency: expanded through its palette.
-* ``CMYK``: Pillow's conversion (inverted-ink formula; Adobe-inverted CMYK JPEGs are
-  handled by Pillow's JPEG decoder). ICC profiles are not applied.
+* ``CMYK``: Pillow's conversion, ``R = 255 * (1 - C/255) * (1 - K/255)`` and likewise
+  for G (M) and B (Y); Adobe-inverted CMYK JPEGs are handled by Pillow's JPEG decoder.
+  ICC profiles are not applied.
 * ``I;16*`` and ``I`` (16-bit grey, as in 16-bit PNG/TIFF): the full 0-65535 range maps
   linearly onto 0-255 (``value / 257``). No auto-contrast: the same pixel value always
   gives the same input, which auto-contrast would break between images. Values
   outside 0-65535 in ``I`` images are clipped.
 * ``F`` (32-bit float): taken as 0-1 when the image's maximum is <= 1, else as 0-255;
   clipped to that range.
-* ``YCbCr``, ``LAB``, ``HSV``: Pillow's conversion to RGB.
-* 3-channel images for 1-channel models: ITU-R 601 luma (Pillow's ``convert("L")``).
+* ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: Pillow's conversion to RGB.
+* 3-channel images for 1-channel models: ITU-R 601 luma (Pillow's ``convert("L")``,
+  ``(19595 R + 38470 G + 7471 B + 32768) >> 16``), so grey stays exactly grey.
+
+A mode Pillow cannot convert raises :class:`ImageError` of kind ``unsupported``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
 
 
 def _composite(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if img.mode == "La":
+        img = img.convert("LA")  # Pillow converts premultiplied grey only to LA
     rgba = img.convert("RGBA")
     base = Image.new("RGBA", rgba.size, (*background, 255))
     base.alpha_composite(rgba)
@@ -54,16 +60,16 @@ def _composite(img: Image.Image, background: tuple[int, int, int]) -> Image.Imag
 def to_model_mode(img: Image.Image, channels: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Return ``img`` as ``L`` (channels=1) or ``RGB`` (channels=3) by the rules above."""
     mode = img.mode
-    if mode in _SIXTEEN_BIT or mode == "F":
-        img = _high_depth_to_l(img)
-    elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
-        img = _composite(img, background)
-    elif mode == "1":
-        img = img.convert("L")
-    elif mode not in ("L", "RGB"):
-        try:
-            img = img.convert("RGB")
-        except (ValueError, OSError) as exc:
-            raise ImageError(ErrorKind.UNSUPPORTED, f"cannot convert mode {mode} to RGB ({exc})") from None
     target = "L" if channels == 1 else "RGB"
-    return img if img.mode == target else img.convert(target)
+    try:
+        if mode in _SIXTEEN_BIT or mode == "F":
+            img = _high_depth_to_l(img)
+        elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+            img = _composite(img, background)
+        elif mode == "1":
+            img = img.convert("L")
+        elif mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        return img if img.mode == target else img.convert(target)
+    except (ValueError, OSError, TypeError) as exc:
+        raise ImageError(ErrorKind.UNSUPPORTED, f"cannot convert mode {mode} to {target} ({exc})") from None

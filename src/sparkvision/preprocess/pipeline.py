@@ -14,7 +14,7 @@ import numpy as np
 
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.io.decode import decode_image
-from sparkvision.io.errors import ImageError
+from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.preprocess.color import to_model_mode
 from sparkvision.preprocess.transforms import Normalizer, resize_image, scaled_size, to_array
 
@@ -45,10 +45,17 @@ class ImagePreprocessor:
         return self._mode, scaled_size(width, height, self.config)
 
     def load(self, data: bytes | None) -> np.ndarray:
-        """One image as uint8 (H, W, C) at the model's size. Raises ImageError."""
-        img = decode_image(data, self.decode_settings, draft=self._draft)
-        img = to_model_mode(img, self.config.channels, self.decode_settings.alpha_background)
-        return to_array(resize_image(img, self.config))
+        """One image as uint8 (H, W, C) at the model's size. Raises ImageError, and only that."""
+        try:
+            img = decode_image(data, self.decode_settings, draft=self._draft)
+            img = to_model_mode(img, self.config.channels, self.decode_settings.alpha_background)
+            return to_array(resize_image(img, self.config))
+        except ImageError:
+            raise
+        except MemoryError:
+            raise ImageError(ErrorKind.TOO_MANY_PIXELS, "not enough memory to decode this image") from None
+        except Exception as exc:  # noqa: BLE001 - one odd file must not fail a whole batch or Spark task
+            raise ImageError(ErrorKind.CORRUPT, f"decoding failed ({type(exc).__name__}: {exc})") from None
 
     def load_uint8(self, contents: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """uint8 NHWC batch of the rows that decoded, their positions, and per-row errors."""
