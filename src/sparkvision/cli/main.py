@@ -17,7 +17,10 @@ from sparkvision.cli.common import configure_logging, logging_options, spark_opt
 #: Command modules, in the order the help lists them (the order data flows).
 COMMAND_MODULES = [
     "sparkvision.cli.data",
+    "sparkvision.cli.transfer",
+    "sparkvision.cli.train",
     "sparkvision.cli.evaluate",
+    "sparkvision.cli.deploy",
 ]
 
 log = logging.getLogger("sparkvision")

@@ -24,7 +24,16 @@ from sparkvision.training.config import (
     apply_overrides,
     preset,
 )
-from sparkvision.training.distributor import TrainResult, fit
+
+
+def __getattr__(name: str):
+    # The launcher imports pyspark; training ranks import this package too and need not.
+    if name in ("fit", "TrainResult", "run_on_ranks"):
+        from sparkvision.training import distributor
+
+        return getattr(distributor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PRESETS",
@@ -41,4 +50,5 @@ __all__ = [
     "apply_overrides",
     "fit",
     "preset",
+    "run_on_ranks",
 ]

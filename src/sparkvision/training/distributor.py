@@ -6,10 +6,10 @@ executor, which runs ``torchrun`` for one process; every rank then reads its sha
 of the datasets from storage all executors see (HDFS, an object store, or a shared
 mount), and rank 0 writes the model directory, so it must be on shared storage too.
 
-Only rank 0's result comes back. In cluster mode TorchDistributor returns partition 0's
-value, which is rank 0's. In local mode all ranks pickle their return values to one
-file and the last to finish wins, so rank 0 also writes its result to a file of its
-own (``TrainJob.result_file``), which is what :func:`fit` returns.
+Only rank 0's result comes back (:func:`run_on_ranks`). In cluster mode TorchDistributor
+returns partition 0's value, which is rank 0's. In local mode all ranks pickle their
+return values to one file and the last to finish wins, so rank 0 also writes its value
+to a file of its own, and that is what is returned.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,6 +97,45 @@ def _progress_tty() -> str | None:
         return None
 
 
+class _Rank0Writes:
+    """Wraps a rank function so rank 0 also pickles its return value to ``path``."""
+
+    def __init__(self, fn: Callable[..., Any], path: str) -> None:
+        self.fn = fn
+        self.path = path
+
+    def __call__(self, *args: Any) -> Any:
+        value = self.fn(*args)
+        if int(os.environ.get("RANK", "0")) == 0:
+            tmp = f"{self.path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as handle:
+                pickle.dump(value, handle)
+            os.replace(tmp, self.path)
+        return value
+
+
+def run_on_ranks(fn: Callable[..., Any], *args: Any, workers: int, local_mode: bool, use_gpu: bool) -> Any:
+    """Run ``fn(*args)`` on ``workers`` ranks through TorchDistributor; return rank 0's value."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    distributor = TorchDistributor(num_processes=workers, local_mode=local_mode, use_gpu=use_gpu)
+    result_dir = tempfile.mkdtemp(prefix="sparkvision-ranks-") if local_mode else None
+    try:
+        target: Callable[..., Any] = fn
+        if result_dir:
+            target = _Rank0Writes(fn, os.path.join(result_dir, "rank0.pickle"))
+        # TorchDistributor echoes every rank's output to stdout; stdout is for results.
+        with contextlib.redirect_stdout(sys.stderr):
+            returned = distributor.run(target, *args)
+        if result_dir:
+            with open(os.path.join(result_dir, "rank0.pickle"), "rb") as handle:
+                returned = pickle.load(handle)
+    finally:
+        if result_dir:
+            shutil.rmtree(result_dir, ignore_errors=True)
+    return returned
+
+
 def fit(
     spark,
     config: TrainConfig,
@@ -114,8 +154,6 @@ def fit(
     ``source_reader(src) -> DataFrame`` overrides how non-dataset sources are read
     (the CLI passes its --glob/--extensions options this way).
     """
-    from pyspark.ml.torch.distributor import TorchDistributor
-
     out = _local_path(out)
     _prepare_out(out, config, overwrite)
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -145,7 +183,6 @@ def fit(
     else:
         threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
 
-    result_dir = tempfile.mkdtemp(prefix="sparkvision-train-") if local_mode else None
     job = TrainJob(
         config=config, train_uri=prepared.train, val_uri=prepared.val, test_uri=prepared.test, classes=classes,
         class_counts=[counts[c] for c in classes], preprocess=preprocess, out_dir=out,
@@ -164,22 +201,11 @@ def fit(
             "seed": config.seed,
         },
         progress_tty=_progress_tty() if local_mode else None,
-        result_file=os.path.join(result_dir, "rank0.pickle") if result_dir else None,
     )
     log.info("training %s on %d classes (%d rows in %s) with %d worker(s), %s mode, %d thread(s) each, %s",
              config.model.arch, len(classes), index.rows, prepared.train, workers,
              "local" if local_mode else "cluster", threads, "GPU" if use_gpu else "CPU")
-    try:
-        distributor = TorchDistributor(num_processes=workers, local_mode=local_mode, use_gpu=bool(use_gpu))
-        # TorchDistributor echoes every rank's output to stdout; stdout is for results.
-        with contextlib.redirect_stdout(sys.stderr):
-            returned = distributor.run(run_rank, job)
-        if job.result_file:
-            with open(job.result_file, "rb") as handle:
-                returned = pickle.load(handle)
-    finally:
-        if result_dir:
-            shutil.rmtree(result_dir, ignore_errors=True)
+    returned = run_on_ranks(run_rank, job, workers=workers, local_mode=local_mode, use_gpu=bool(use_gpu))
     if not isinstance(returned, dict):
         raise RuntimeError("training finished without rank 0's result")
     if not config.data.keep_work:

@@ -23,7 +23,6 @@ import io
 import logging
 import math
 import os
-import pickle
 import random
 import sys
 import threading
@@ -70,9 +69,6 @@ class TrainJob:
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     #: A terminal the driver draws on (local mode): rank 0's progress bars go there.
     progress_tty: str | None = None
-    #: Local mode: every rank's return value is pickled to the same file by
-    #: TorchDistributor, so rank 0 also writes its result here for the driver.
-    result_file: str | None = None
 
 
 # -- models -------------------------------------------------------------------------------
@@ -486,10 +482,7 @@ def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[s
     }
     if resumed_from is not None:
         metrics["resumed_from_epoch"] = resumed_from
-    result = _write_model_dir(job, preprocess, model, val, metrics, history)
-    if job.result_file:
-        _atomic_bytes(Path(job.result_file), pickle.dumps(result))
-    return result
+    return _write_model_dir(job, preprocess, model, val, metrics, history)
 
 
 def _data_normalization(images: np.ndarray, preprocess: PreprocessConfig, comm: _Dist) -> PreprocessConfig:
