@@ -1,0 +1,328 @@
+"""The HTTP service: one FastAPI app per model directory.
+
+``POST /v1/predict`` takes one or several images (multipart ``files``/``file`` parts,
+or the raw bytes as the body with an ``image/*`` or ``application/octet-stream``
+content type) and answers the top-k classes of each. Every limit is checked before
+the work it protects: the declared length before reading, the read bytes while
+reading, the pixel count before decoding. Bad requests get a 4xx with a JSON body
+``{"error": {"code", "message", "files"?}}`` and never a stack trace:
+
+=====  ============================================================================
+ 400   ``empty_body``, ``no_files``, ``bad_multipart``, ``empty_file``
+ 413   ``body_too_large``, ``too_many_files``, ``too_many_pixels``
+ 415   ``unsupported_media_type`` (request content type), ``not_an_image``, ``unsupported_image``
+ 422   ``corrupt_image``, ``truncated_image``, invalid query parameters
+=====  ============================================================================
+
+A request with several images fails as a whole if any image is bad, naming each bad
+file, so a client never mistakes a partial answer for a full one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from sparkvision import __version__
+from sparkvision.config import ServeSettings
+from sparkvision.deploy.serve.batching import MicroBatcher
+from sparkvision.deploy.serve.metrics import ServeMetrics
+from sparkvision.deploy.serve.model import ServedModel
+from sparkvision.io.errors import ErrorKind, ImageError
+
+log = logging.getLogger(__name__)
+
+#: How each per-image failure is answered: (HTTP status, error code).
+IMAGE_ERRORS: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.EMPTY_FILE: (400, "empty_file"),
+    ErrorKind.NOT_AN_IMAGE: (415, "not_an_image"),
+    ErrorKind.UNSUPPORTED: (415, "unsupported_image"),
+    ErrorKind.CORRUPT: (422, "corrupt_image"),
+    ErrorKind.TRUNCATED: (422, "truncated_image"),
+    ErrorKind.TOO_MANY_PIXELS: (413, "too_many_pixels"),
+    ErrorKind.TOO_LARGE: (413, "body_too_large"),
+    ErrorKind.UNREADABLE: (400, "empty_file"),
+}
+RAW_TYPES = ("application/octet-stream",)
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str, files: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.files = status, code, message, files
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.files:
+            error["files"] = self.files
+        return {"error": error}
+
+
+# ---------------------------------------------------------------- response models
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    filename: str | None
+    prediction: str
+    top_k: list[LabelProbability]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[ImagePrediction]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    kind: str
+    architecture: str
+    classes: list[str]
+    num_classes: int
+    input_size: list[int]
+    preprocess: dict[str, Any]
+    created: str
+    sparkvision_version: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+# ---------------------------------------------------------------- reading requests
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known or seen to exceed ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise APIError(400, "bad_request", "Content-Length is not a number") from None
+        if size > limit:
+            raise APIError(413, "body_too_large", f"the body has {size:,} bytes; the limit is {limit:,}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise APIError(413, "body_too_large", f"the body exceeds the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def read_images(request: Request, settings: ServeSettings) -> list[tuple[str | None, bytes]]:
+    """(filename, bytes) of each image in the request."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    multipart = media == "multipart/form-data"
+    if not (multipart or media.startswith("image/") or media in RAW_TYPES):
+        raise APIError(
+            415, "unsupported_media_type",
+            f"content type {media or '(none)'!r} is not accepted: send multipart/form-data with image files, "
+            "or the image bytes with an image/* or application/octet-stream content type",
+        )
+    body = await read_body(request, settings.max_body_bytes)
+    if not body:
+        raise APIError(400, "empty_body", "the request body is empty; send an image")
+    if not multipart:
+        return [(None, body)]
+    parser = MultiPartParser(request.headers, _once(body), max_files=settings.max_files, max_fields=100,
+                             max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if "Too many files" in exc.message:
+            raise APIError(413, "too_many_files",
+                           f"more than {settings.max_files} files in one request; send at most "
+                           f"{settings.max_files}") from None
+        raise APIError(400, "bad_multipart", f"the multipart body cannot be parsed: {exc.message}") from None
+    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    try:
+        if not files:
+            raise APIError(400, "no_files", "the multipart body holds no file parts; send images as 'files'")
+        return [(f.filename, await f.read()) for f in files]
+    finally:
+        await form.close()
+
+
+# ---------------------------------------------------------------- the app
+
+
+class _RequestMetrics:
+    """ASGI middleware: count and time every request by its route and status."""
+
+    def __init__(self, app, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "other"
+            self.metrics.requests.labels(endpoint, scope.get("method", ""), str(status["code"])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("sparkvision.deploy").joinpath("static")))
+
+
+def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for one model directory; the model loads (and warms up) at startup."""
+    settings = settings or ServeSettings()
+    metrics = ServeMetrics()
+    state: dict[str, Any] = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        model = ServedModel(model_dir, threads=settings.threads, max_pixels=settings.max_pixels)
+        batcher = MicroBatcher(model.infer, metrics, enabled=settings.batching, max_batch=settings.max_batch,
+                               window_ms=settings.batch_window_ms)
+        decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="sv-decode")
+        await batcher.start()
+        state.update(model=model, batcher=batcher, decoder=decoder)
+        warm = np.zeros((1, *model.input_shape), dtype=np.float32)
+        await asyncio.get_running_loop().run_in_executor(None, model.infer, warm)
+        state["ready"] = True
+        log.info("serving %s (%d classes, version %s), batching %s", model.card.name, len(model.labels),
+                 model.version, f"on (max {settings.max_batch}, window {settings.batch_window_ms} ms)"
+                 if settings.batching else "off")
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await batcher.stop()
+            decoder.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="sparkvision", version=__version__, lifespan=lifespan,
+        description="Image classification with a sparkvision model directory.",
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.model_state = state
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        metrics.rejected.labels(exc.code).inc()
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s: %s", request.url.path, exc, exc_info=exc)
+        return JSONResponse({"error": {"code": "internal", "message": "internal server error"}}, status_code=500)
+
+    def _model() -> ServedModel:
+        if not state["ready"]:
+            raise APIError(503, "not_ready", "the model is still loading")
+        return state["model"]
+
+    async def _decode(model: ServedModel, images: list[tuple[str | None, bytes]]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+
+        def one(data: bytes) -> np.ndarray | ImageError:
+            try:
+                return model.preprocess(data)
+            except ImageError as exc:
+                return exc
+
+        results = await asyncio.gather(*[loop.run_in_executor(state["decoder"], one, d) for _, d in images])
+        bad = [(i, r) for i, r in enumerate(results) if isinstance(r, ImageError)]
+        if bad:
+            status, code = IMAGE_ERRORS.get(bad[0][1].kind, (422, "bad_image"))
+            files = [{"index": i, "filename": images[i][0], "code": IMAGE_ERRORS.get(e.kind, (422, "bad_image"))[1],
+                      "message": e.message} for i, e in bad]
+            what = "the image" if len(images) == 1 else f"{len(bad)} of {len(images)} images"
+            raise APIError(status, code, f"{what} cannot be used: {bad[0][1].message}", files)
+        return np.concatenate(results)  # type: ignore[arg-type]
+
+    @app.post("/v1/predict", response_model=PredictResponse)
+    async def predict(
+        request: Request,
+        top_k: int = Query(settings.top_k, ge=1, le=1000, description="classes returned per image"),
+    ) -> PredictResponse:
+        model = _model()
+        images = await read_images(request, settings)
+        tensor = await _decode(model, images)
+        probabilities = await state["batcher"].submit(tensor)
+        metrics.images.inc(len(images))
+        tops = model.top_k(probabilities, top_k)
+        return PredictResponse(model=model.card.name, version=model.version, predictions=[
+            ImagePrediction(filename=name, prediction=top[0]["label"],
+                            top_k=[LabelProbability(**t) for t in top])
+            for (name, _), top in zip(images, tops, strict=True)
+        ])
+
+    @app.get("/v1/models", response_model=ModelsResponse)
+    async def models() -> ModelsResponse:
+        return ModelsResponse(models=[ModelInfo(**_model().describe())])
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if not state["ready"]:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "model": state["model"].card.name})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(static_dir() / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    return app
+
+
+def run_server(model_dir: str | Path, settings: ServeSettings | None = None) -> None:
+    """Serve until interrupted (what ``sparkvision serve`` runs)."""
+    import uvicorn
+
+    settings = settings or ServeSettings()
+    app = create_app(model_dir, settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                limit_concurrency=None, timeout_graceful_shutdown=5)

@@ -1,0 +1,134 @@
+"""What the deployment tests share: model directories built from real weights and photos,
+and a real uvicorn server on a free loopback port (in a background thread).
+
+Everything is built once per test process (``functools.cache``) and reused across files.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGENETTE = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "imagenette-mini"
+BACKBONE = "efficientnet_lite0"
+
+
+def _workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="sv-deploy-tests-"))
+
+
+def photos(split: str, per_class: int) -> list[tuple[Path, str]]:
+    """The first ``per_class`` photos (sorted by name) of every class of an imagenette split."""
+    out = []
+    for folder in sorted((IMAGENETTE / split).iterdir()):
+        out += [(path, folder.name) for path in sorted(folder.iterdir())[:per_class]]
+    return out
+
+
+@functools.cache
+def imagenet_model_dir() -> Path:
+    """An ``onnx`` model directory of the registered ImageNet backbone."""
+    from sparkvision.deploy.export import export_registered
+
+    return export_registered(BACKBONE, _workdir() / "imagenet")
+
+
+@functools.cache
+def tensors(split: str, per_class: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Preprocessed photos (through the model's own preprocessing) and their class names."""
+    from sparkvision.models.registry import get_spec
+    from sparkvision.preprocess import ImagePreprocessor
+
+    chosen = photos(split, per_class)
+    batch = ImagePreprocessor(get_spec(BACKBONE).preprocess)([p.read_bytes() for p, _ in chosen])
+    assert len(batch.index) == len(chosen)
+    return batch.tensor, tuple(label for _, label in chosen)
+
+
+@functools.cache
+def features(split: str, per_class: int, output: str = "features") -> np.ndarray:
+    from sparkvision.models.onnx_export import registered_onnx
+    from sparkvision.models.runtime import OnnxModel
+
+    model = OnnxModel(registered_onnx(BACKBONE), threads=os.cpu_count() or 1)
+    return model.run_batched(tensors(split, per_class)[0], output, 32)
+
+
+def feature_frame(spark, split: str, per_class: int, classes: list[str]):
+    """(features, label index) rows for MLlib."""
+    from pyspark.ml.linalg import Vectors
+
+    labels = tensors(split, per_class)[1]
+    rows = [(Vectors.dense(v.astype(float)), float(classes.index(lab)))
+            for v, lab in zip(features(split, per_class), labels, strict=True)]
+    return spark.createDataFrame(rows, ["features", "label"])
+
+
+def classes() -> list[str]:
+    return sorted(p.name for p in (IMAGENETTE / "train").iterdir())
+
+
+@functools.cache
+def imagenette_head_dir(spark) -> Path:
+    """efficientnet_lite0 features + an MLlib logistic regression fitted on 20 photos per class."""
+    from pyspark.ml.classification import LogisticRegression
+
+    from sparkvision.deploy.export import head_from_spark, write_head_model_dir
+
+    names = classes()
+    lr = LogisticRegression(family="multinomial", regParam=0.01, maxIter=100)
+    model = lr.fit(feature_frame(spark, "train", 20, names))
+    return write_head_model_dir(_workdir() / "imagenette", BACKBONE, "features", head_from_spark(model), names,
+                                name="imagenette-logreg")
+
+
+# ---------------------------------------------------------------- a live server
+
+
+class LiveServer:
+    def __init__(self, url: str, server) -> None:
+        self.url = url
+        self.server = server
+
+
+@contextmanager
+def live_server(app, timeout: float = 120.0):
+    """Run ``app`` under uvicorn on a free loopback port until the block ends."""
+    import httpx
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if not thread.is_alive():
+                raise RuntimeError("the server thread died during startup")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not become ready")
+            time.sleep(0.1)
+        yield LiveServer(url, server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
