@@ -303,8 +303,11 @@ def fit_transfer(
             raise ValueError(f"training needs at least 2 classes with usable images, found {sorted(counts)}")
         log.info("featurized %d training images of %d classes (%d rows left out: errors or no label)",
                  used, len(counts), total_rows - used)
+        # "error" while training: with "keep" the label metadata gains an extra slot and
+        # the classifier would score len(labels) + 1 classes. The pipeline gets a "keep"
+        # copy, so unseen or missing labels at prediction time are not fatal.
         indexer = StringIndexer(
-            inputCol=LABEL, outputCol=LABEL_INDEX, stringOrderType="alphabetAsc", handleInvalid="keep"
+            inputCol=LABEL, outputCol=LABEL_INDEX, stringOrderType="alphabetAsc", handleInvalid="error"
         ).fit(train_features)
         labels = list(indexer.labels)
         filler = NullVectorFiller(inputCol=FEATURES, outputCol=FEATURES_FILLED, size=num_features)
@@ -338,7 +341,7 @@ def fit_transfer(
     stages = [
         featurizer,
         filler,
-        indexer,
+        indexer.copy({indexer.handleInvalid: "keep"}),
         classifier_model,
         IndexToString(inputCol=PREDICTION_INDEX, outputCol=PREDICTED_LABEL, labels=labels),
         PredictionFormatter(

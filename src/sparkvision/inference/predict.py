@@ -1,0 +1,188 @@
+"""Batch prediction with any sparkvision model directory: the daily job.
+
+:func:`load_model` turns a model directory into a Spark ``Transformer`` that adds the
+predictions columns, whatever made the model:
+
+* kind ``spark_pipeline`` (``sparkvision fit``): the saved PipelineModel (featurizer +
+  MLlib classifier), whose last stage writes ``prediction`` and ``probability``;
+* kind ``onnx`` (``sparkvision train``, ``optimize``, exports): ``model.onnx`` run by
+  :class:`~sparkvision.ml.predictor.ImagePredictor` with the card's labels and
+  preprocessing.
+
+:func:`predict` writes the predictions contract as Parquet, atomically:
+
+=============  ==============  ====================================================
+column         type            meaning
+=============  ==============  ====================================================
+path           string          the input row's path
+label          string          the true class when the source has one, else null
+prediction     string          the most probable class; null when ``error`` is set
+probability    array<double>   one value per class in the model card's ``labels``
+                               order (``labels.txt``); null when ``error`` is set
+error          string          null, or ``"<kind>: <detail>"`` (from ingest or model)
+=============  ==============  ====================================================
+
+Every input row appears exactly once; this is checked (row count and per-path
+multiplicity) on the written files before they are moved into place.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.ml import PipelineModel, Transformer
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+
+from sparkvision.io import fs
+from sparkvision.io.schema import ERROR, LABEL, PATH
+from sparkvision.models.model_dir import ModelCard, load_card
+from sparkvision.progress import spark_progress
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_SCHEMA = StructType([
+    StructField(PATH, StringType(), False),
+    StructField(LABEL, StringType(), True),
+    StructField("prediction", StringType(), True),
+    StructField("probability", ArrayType(DoubleType(), False), True),
+    StructField(ERROR, StringType(), True),
+])
+PREDICTION_COLUMNS = [f.name for f in PREDICTIONS_SCHEMA.fields]
+
+
+class PredictionCheckError(RuntimeError):
+    """The written predictions do not hold every input row exactly once."""
+
+
+@dataclass
+class LoadedModel:
+    """A model directory's card and the Spark Transformer that adds the predictions columns."""
+
+    model_dir: Path
+    card: ModelCard
+    transformer: Transformer
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.card.labels)
+
+    def transform(self, frame: DataFrame) -> DataFrame:
+        return self.transformer.transform(frame)
+
+    def predictions(self, frame: DataFrame) -> DataFrame:
+        """Only the predictions contract's columns (``label`` null when ``frame`` has none)."""
+        if LABEL not in frame.columns:
+            frame = frame.withColumn(LABEL, F.lit(None).cast(StringType()))
+        out = self.transform(frame)
+        return out.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in PREDICTIONS_SCHEMA.fields])
+
+
+def load_model(model_dir: str | Path, batch_size: int | None = None) -> LoadedModel:
+    """Any sparkvision model directory as a Transformer producing ``prediction``/``probability``/``error``."""
+    model_dir = Path(str(model_dir).removeprefix("file:")).resolve()
+    card = load_card(model_dir)
+    if card.kind == "spark_pipeline":
+        if not card.spark_pipeline:
+            raise ValueError(f"{model_dir}: kind spark_pipeline but the card names no pipeline directory")
+        pipeline = PipelineModel.load(str(model_dir / card.spark_pipeline))
+        if batch_size:
+            for stage in pipeline.stages:
+                if stage.hasParam("batchSize"):
+                    stage.set(stage.getParam("batchSize"), int(batch_size))
+        transformer: Transformer = pipeline
+    elif card.kind == "onnx":
+        from sparkvision.ml.predictor import ImagePredictor
+
+        transformer = ImagePredictor(modelDir=str(model_dir), topK=0, **({"batchSize": batch_size} if batch_size else {}))
+    else:
+        raise ValueError(f"{model_dir}: unknown model kind {card.kind!r} (expected spark_pipeline or onnx)")
+    return LoadedModel(model_dir, card, transformer)
+
+
+@dataclass
+class PredictSummary:
+    out: str
+    model: str
+    kind: str
+    rows: int
+    predicted: int
+    errors: int
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    predicted_classes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_every_row_once(inputs: DataFrame, written: DataFrame, sample: int = 5) -> int:
+    """Raise unless ``written`` holds each input path exactly as often as ``inputs`` does.
+
+    One Spark job on the paths only (a full outer join of per-path counts); returns the
+    number of rows.
+    """
+    expected = inputs.groupBy(PATH).agg(F.count(F.lit(1)).alias("n_in"))
+    got = written.groupBy(PATH).agg(F.count(F.lit(1)).alias("n_out"))
+    joined = expected.join(got, PATH, "full_outer")
+    stats = joined.agg(
+        F.sum(F.coalesce("n_in", F.lit(0))).alias("rows_in"),
+        F.sum(F.coalesce("n_out", F.lit(0))).alias("rows_out"),
+        F.sum(F.when(F.coalesce("n_in", F.lit(0)) != F.coalesce("n_out", F.lit(0)), 1).otherwise(0)).alias("bad"),
+    ).first()
+    rows_in, rows_out, bad = int(stats["rows_in"] or 0), int(stats["rows_out"] or 0), int(stats["bad"] or 0)
+    if bad or rows_in != rows_out:
+        examples = [
+            (r[PATH], r["n_in"], r["n_out"])
+            for r in joined.where(F.coalesce("n_in", F.lit(0)) != F.coalesce("n_out", F.lit(0))).limit(sample).collect()
+        ]
+        raise PredictionCheckError(
+            f"predictions hold {rows_out} rows for {rows_in} input rows; {bad} paths differ, e.g. "
+            f"(path, input rows, output rows): {examples}"
+        )
+    return rows_out
+
+
+def predict(
+    spark: SparkSession,
+    model_dir: str | Path,
+    frame: DataFrame,
+    out: str,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+) -> PredictSummary:
+    """Write ``frame``'s predictions to ``out`` (Parquet), all or nothing.
+
+    The output is staged, checked to hold every input row exactly once, and only then
+    renamed into place; an existing ``out`` is refused unless ``overwrite``.
+    """
+    model = load_model(model_dir, batch_size)
+    predictions = model.predictions(frame)
+    with fs.atomic_output(spark, out, overwrite=overwrite) as staging:
+        with spark_progress(spark, "predict"):
+            predictions.write.mode("errorifexists").parquet(staging)
+        written = spark.read.parquet(staging)
+        with spark_progress(spark, "check"):
+            rows = check_every_row_once(frame.select(PATH), written.select(PATH))
+        summary = _summarize(written, rows)
+    return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, **summary)
+
+
+def _summarize(written: DataFrame, rows: int) -> dict[str, Any]:
+    kinds = {
+        r["kind"]: int(r["count"])
+        for r in written.where(F.col(ERROR).isNotNull())
+        .groupBy(F.split(F.col(ERROR), ":").getItem(0).alias("kind")).count().collect()
+    }
+    classes = {
+        r["prediction"]: int(r["count"])
+        for r in written.where(F.col("prediction").isNotNull()).groupBy("prediction").count().collect()
+    }
+    errors = sum(kinds.values())
+    return {
+        "rows": rows, "predicted": sum(classes.values()), "errors": errors,
+        "error_kinds": dict(sorted(kinds.items())), "predicted_classes": dict(sorted(classes.items())),
+    }
