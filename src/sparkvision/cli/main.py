@@ -18,7 +18,6 @@ from sparkvision.cli.common import configure_logging, logging_options, spark_opt
 COMMAND_MODULES = [
     "sparkvision.cli.data",
     "sparkvision.cli.transfer",
-    "sparkvision.cli.transfer",
     "sparkvision.cli.train",
     "sparkvision.cli.evaluate",
     "sparkvision.cli.deploy",
