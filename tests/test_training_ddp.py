@@ -1,0 +1,247 @@
+"""Distributed training for real: TorchDistributor, gloo DDP on 2 ranks, checkpoints, the CLI.
+
+Data: scikit-learn's 1,797 real 8x8 digit scans (built-in ``digits``), written once as
+Parquet datasets. The CLI runs are subprocesses with their own Spark, killed with
+SIGKILL for the resume test, as a user's crashed job would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "sparkvision.cli.main"]
+SPARK = ["--master", "local[2]", "--driver-memory", "1g"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def digits_ds(spark, tmp_path_factory) -> dict[str, str]:
+    """digits as train/val Parquet datasets (80/20, stratified), plus two unusable rows in train."""
+    from pyspark.sql import functions as F
+
+    from sparkvision.io import assign_splits, load_images, write_dataset
+
+    root = tmp_path_factory.mktemp("digits")
+    frame = assign_splits(load_images(spark, "digits"), {"train": 0.8, "val": 0.2}, seed=3).cache()
+    bad = spark.createDataFrame(
+        [("bad/corrupt.png", "3", b"\x89PNG not really", "PNG", "L", 8, 8, 1, None),
+         ("bad/unreadable.png", "4", None, None, None, None, None, None, "unreadable: permission denied")],
+        schema=IMAGE_SCHEMA,
+    )
+    out = {}
+    for name in ("train", "val"):
+        part = frame.where(F.col("split") == name).select(*IMAGE_COLUMNS)
+        if name == "train":
+            part = part.unionByName(bad)
+        out[name] = str(root / name)
+        write_dataset(spark, part, out[name])
+    frame.unpersist()
+    return out
+
+
+def _probe(delay: float) -> dict[str, int]:
+    """Rank 0 finishes last, so a naive TorchDistributor run would hand back rank 1's value."""
+    rank = int(os.environ["RANK"])
+    if rank == 0:
+        time.sleep(delay)
+    return {"rank": rank, "world": int(os.environ["WORLD_SIZE"])}
+
+
+def test_only_rank_zeros_result_comes_back(spark):
+    from pyspark import cloudpickle
+
+    from sparkvision.training import run_on_ranks
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        got = run_on_ranks(_probe, 3.0, workers=2, local_mode=True, use_gpu=False)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert got == {"rank": 0, "world": 2}
+
+
+def test_shards_are_disjoint_balanced_and_skip_bad_rows_loudly(digits_ds):
+    from sparkvision.training.config import ModelConfig
+    from sparkvision.training.data import load_shard, read_index
+    from sparkvision.training.engine import resolve_preprocess
+
+    index = read_index(digits_ds["train"])
+    classes = sorted(index.class_counts())
+    assert classes == [str(d) for d in range(10)]
+    pp = resolve_preprocess(ModelConfig(arch="lenet5"))
+    shards = [load_shard(index, classes, pp, rank, 2) for rank in range(2)]
+    paths = [set(s.paths) for s in shards]
+    assert not paths[0] & paths[1]
+    usable = len(index.usable({c: i for i, c in enumerate(classes)}))
+    # The corrupt PNG passes the index (no error recorded at ingest) and fails decoding.
+    assert len(shards[0]) + len(shards[1]) == usable - 1
+    assert sum(sum(s.decode_errors.values()) for s in shards) == 1
+    assert index.skipped({c: i for i, c in enumerate(classes)}) == {"unreadable": 1}
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+    for shard in shards:
+        assert set(np.unique(shard.labels)) == set(range(10))
+        assert shard.images.shape[1:] == (28, 28, 1) and shard.images.dtype == np.uint8
+    # A shard is the same whatever the file layout: decoding again gives the same rows.
+    again = load_shard(read_index(digits_ds["train"]), classes, pp, 1, 2)
+    assert again.paths == shards[1].paths and np.array_equal(again.images, shards[1].images)
+
+
+def _train_cmd(ds: dict[str, str], out: Path, *extra: str) -> list[str]:
+    return [*CLI, "train", "--arch", "smallcnn", "--image-size", "16", "--train", ds["train"], "--val", ds["val"],
+            "--epochs", "4", "--batch-size", "32", "--workers", "2", "--lr", "0.05", "--rotate", "10",
+            "--erase", "0.25", "--out", str(out), *SPARK, *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "SPARKVISION_CACHE": str(ROOT / ".cache" / "sparkvision")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits_ds, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "a"
+    done = subprocess.run(_train_cmd(digits_ds, out), capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, json.loads(done.stdout)
+
+
+def test_cli_train_end_to_end(uninterrupted):
+    from sparkvision.models.model_dir import is_model_dir, load_card
+
+    out, result = uninterrupted
+    metrics = result["metrics"]
+    assert metrics["workers"] == 2 and metrics["epochs_run"] == 4
+    assert metrics["val_top1"] > 0.9  # chance is 0.1
+    assert metrics["val_top5"] >= metrics["val_top1"]
+    assert metrics["val_count"] == 359
+    # Nothing vanishes silently: the unreadable row (from ingest) and the corrupt PNG (found
+    # when a rank decoded it) are both reported, by kind.
+    skipped = metrics["skipped_rows"]["train"]
+    assert skipped["unreadable"] == 1 and sum(skipped.values()) == 2
+    assert is_model_dir(out)
+    card = load_card(out)
+    assert card.kind == "onnx" and card.labels == [str(d) for d in range(10)]
+    assert card.preprocess.size == (16, 16) and card.architecture == "smallcnn"
+    assert (out / "model.onnx").is_file() and (out / "labels.txt").read_text().split() == card.labels
+    curves = (out / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("epoch,lr,train_loss") and len(curves) == 5
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "epoch-0003.pt", "epoch-0004.pt"]
+    assert not (out / ".work").exists()
+
+
+def test_model_dirs_onnx_matches_the_torch_model(uninterrupted, digits_ds):
+    import onnxruntime as ort
+
+    from sparkvision.models.model_dir import load_card, onnx_path
+    from sparkvision.models.registry import create_model
+    from sparkvision.preprocess import ImagePreprocessor
+    from sparkvision.training.data import read_contents, read_index
+
+    out, result = uninterrupted
+    card = load_card(out)
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=False)
+    assert best["epoch"] == result["metrics"]["exported_epoch"]
+    model = create_model("smallcnn", num_classes=10)
+    model.load_state_dict(best["model"])
+    model.eval()
+    index = read_index(digits_ds["val"])
+    batch = ImagePreprocessor(card.preprocess)(read_contents(index, np.arange(64)))
+    with torch.no_grad():
+        want = model(torch.from_numpy(batch.tensor)).numpy()
+    got = ort.InferenceSession(str(onnx_path(out)), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"input": batch.tensor})[0]
+    assert np.abs(got - want).max() < 1e-4
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+    labels = np.array([card.labels.index(lab) for lab in index.labels[:64]])
+    assert (got.argmax(1) == labels).mean() > 0.85
+
+
+def _descendants(pid: int) -> list[int]:
+    found, stack = [], [pid]
+    while stack:
+        try:
+            kids = Path(f"/proc/{stack.pop()}/task").glob("*/children")
+            children = [int(c) for f in kids for c in f.read_text().split()]
+        except OSError:
+            continue
+        found += children
+        stack += children
+    return found
+
+
+def test_killed_run_resumes_to_the_same_result(uninterrupted, digits_ds, tmp_path):
+    ref_out, ref = uninterrupted
+    out = tmp_path / "b"
+    proc = subprocess.Popen(_train_cmd(digits_ds, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env(), start_new_session=True)
+    ours: set[int] = set()
+    deadline = time.time() + 600
+    while not (out / "checkpoints" / "epoch-0001.pt").exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline
+        ours.update(_descendants(proc.pid))
+        time.sleep(0.05)
+    ours.update(_descendants(proc.pid))
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and torchrun; ranks run in their own sessions
+    proc.wait()
+    # Orphaned ranks notice their parent is gone and exit by themselves.
+    deadline = time.time() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in ours) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in ours if Path(f"/proc/{pid}").exists()], "training processes outlived the driver"
+    assert not (out / "sparkvision_model.json").exists(), "the killed run must not have finished"
+
+    done = subprocess.run(_train_cmd(digits_ds, out, "--resume"), capture_output=True, text=True, env=_env(),
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads(done.stdout)["metrics"]
+    assert 1 <= resumed["resumed_from_epoch"] < 4
+    timing = {"train_samples_per_s", "data_load_seconds", "resumed_from_epoch"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {
+        k: v for k, v in ref["metrics"].items() if k not in timing}
+    mine = torch.load(out / "checkpoints" / "epoch-0004.pt", weights_only=False)
+    theirs = torch.load(ref_out / "checkpoints" / "epoch-0004.pt", weights_only=False)
+    assert mine["model"].keys() == theirs["model"].keys()
+    assert all(torch.equal(mine["model"][k], theirs["model"][k]) for k in mine["model"])
+    assert [{k: v for k, v in h.items() if k not in ("epoch_seconds", "train_samples_per_s")}
+            for h in mine["state"]["history"]] == [
+        {k: v for k, v in h.items() if k not in ("epoch_seconds", "train_samples_per_s")}
+        for h in theirs["state"]["history"]]
+
+
+def test_early_stopping_with_every_option_on(spark, digits_ds, tmp_path):
+    """lr 0 cannot improve the validation loss, so patience 2 stops after epoch 3, exactly;
+    meanwhile every augmentation, the focal loss, class weights and a schedule run for real."""
+    from sparkvision.training import TrainConfig, apply_overrides, fit
+
+    cfg = apply_overrides(TrainConfig(), {
+        "epochs": 10, "batch_size": 64, "patience": 2,
+        "model": {"arch": "lenet5", "normalize": "data"},
+        "optimizer": {"lr": 0.0, "grad_clip_norm": 1.0},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "loss": {"name": "focal", "label_smoothing": 0.1, "class_weights": "balanced"},
+        "augment": {"crop_prob": 0.5, "hflip_prob": 0.5, "rotation_degrees": 10, "brightness": 0.2,
+                    "contrast": 0.2, "blur_prob": 0.3, "erase_prob": 0.3, "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+        "data": {"test_fraction": 0.3},
+    })
+    result = fit(spark, cfg, train=digits_ds["val"], val=digits_ds["val"], out=str(tmp_path / "m"))
+    m = result.metrics
+    assert m["stopped_early"] and m["epochs_run"] == 3 and m["best_epoch"] == 1
+    assert len(result.history) == 3
+    assert m["test_count"] > 0 and 0 <= m["test_top1"] <= 1
+    # Data normalisation: the card carries the training set's own mean/std, not LeNet's default.
+    assert result.preprocess["mean"] != [0.5] and 0 < result.preprocess["mean"][0] < 0.5

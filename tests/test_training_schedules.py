@@ -1,0 +1,82 @@
+"""Learning-rate schedules follow their documented formulas, per iteration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sparkvision.training.config import OptimizerConfig, ScheduleConfig, TrainConfig, preset
+from sparkvision.training.schedules import build_optimizer, build_scheduler, lr_curve
+
+SGD = OptimizerConfig(name="sgd", lr=0.4, momentum=0.0)
+
+
+def test_bigdl_decay_is_lr_over_one_plus_decay_times_iteration():
+    curve = lr_curve(ScheduleConfig(name="decay", decay=0.0002), SGD, epochs=2, steps_per_epoch=30)
+    assert curve == pytest.approx([0.4 / (1 + 0.0002 * it) for it in range(60)], rel=1e-12)
+
+
+def test_constant():
+    assert lr_curve(ScheduleConfig(), SGD, 2, 3) == pytest.approx([0.4] * 6)
+
+
+def test_step_drops_by_gamma_every_step_epochs():
+    curve = lr_curve(ScheduleConfig(name="step", step_epochs=2, gamma=0.1), SGD, epochs=5, steps_per_epoch=3)
+    want = [0.4 * 0.1 ** (it // 6) for it in range(15)]
+    assert curve == pytest.approx(want)
+
+
+def test_cosine_with_warmup():
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=1, warmup_start=0.1, min_lr_ratio=0.05)
+    curve = lr_curve(cfg, SGD, epochs=5, steps_per_epoch=4)
+    warmup = 4
+    assert curve[0] == pytest.approx(0.4 * 0.1)
+    # Linear ramp up to the peak, reached when the warm-up ends.
+    assert curve[:warmup + 1] == pytest.approx([0.4 * (0.1 + 0.9 * it / warmup) for it in range(warmup + 1)])
+    cosine = curve[warmup:]
+    n = len(cosine) - 1
+    want = [0.4 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / n))) for i in range(n + 1)]
+    assert cosine == pytest.approx(want)
+    assert curve[-1] == pytest.approx(0.4 * 0.05)
+
+
+def test_one_cycle_rises_to_lr_then_anneals():
+    cfg = ScheduleConfig(name="onecycle", pct_start=0.25, div_factor=10, final_div_factor=100)
+    curve = lr_curve(cfg, SGD, epochs=4, steps_per_epoch=10)
+    peak = curve.index(max(curve))
+    assert max(curve) == pytest.approx(0.4)
+    assert peak == pytest.approx(0.25 * 40, abs=1)
+    assert curve[0] == pytest.approx(0.4 / 10)
+    assert curve[-1] == pytest.approx(0.4 / 10 / 100, rel=1e-2)
+    assert all(a <= b for a, b in zip(curve[:peak], curve[1:peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(curve[peak:], curve[peak + 1:], strict=False))
+
+
+def test_backbone_group_keeps_its_lower_rate_under_every_schedule():
+    for cfg in (ScheduleConfig(name="cosine", warmup_epochs=1, min_lr_ratio=0.1), ScheduleConfig(name="onecycle"),
+                ScheduleConfig(name="decay", decay=0.01), ScheduleConfig(name="step", step_epochs=1)):
+        head, body = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        opt = build_optimizer([{"params": [head]}, {"params": [body], "lr_mult": 0.1}],
+                              OptimizerConfig(name="adamw", lr=1e-3))
+        sched = build_scheduler(opt, cfg, epochs=3, steps_per_epoch=5)
+        for _ in range(15):
+            assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+
+
+def test_bigdl_lenet_preset_is_the_published_recipe():
+    cfg = preset("bigdl-lenet")
+    assert (cfg.model.arch, cfg.epochs, cfg.batch_size) == ("lenet5", 20, 2048)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", 0.4, 0.0)
+    assert (cfg.schedule.name, cfg.schedule.decay) == ("decay", 0.0002)
+    assert cfg.model.normalize == "data"
+
+
+def test_config_round_trips_and_rejects_uneven_batches():
+    cfg = preset("bigdl-lenet")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="multiple of the workers"):
+        TrainConfig(batch_size=127, scaling=cfg.scaling.__class__(workers=2))
