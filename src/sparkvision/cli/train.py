@@ -85,16 +85,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _train(args: argparse.Namespace) -> int:
     from sparkvision.training import fit
+    from sparkvision.training.distributor import TrainingFailedError
 
     config = config_from_args(args)
     if args.val is None and config.data.val_fraction == 0:
         log.warning("no validation data (--val or --val-fraction): no early stopping, the last epoch is exported")
     spark = spark_from_args(args)
-    result = fit(
-        spark, config, train=args.train, out=args.out, val=args.val, test=args.test, name=args.name,
-        overwrite=args.overwrite, decode=decode_settings(args),
-        source_reader=lambda src: read_source(spark, args, src, probe="header"),
-    )
+    try:
+        result = fit(
+            spark, config, train=args.train, out=args.out, val=args.val, test=args.test, name=args.name,
+            overwrite=args.overwrite, decode=decode_settings(args),
+            source_reader=lambda src: read_source(spark, args, src, probe="header"),
+        )
+    except TrainingFailedError as exc:
+        log.debug("training failure", exc_info=True)
+        log.error("%s", exc)
+        return 1
     emit({"out": result.out, "labels": result.labels, "metrics": result.metrics,
           "curves": [{k: h[k] for k in h if k != "epoch_seconds"} for h in result.history]})
     return 0

@@ -114,6 +114,20 @@ class _Rank0Writes:
         return value
 
 
+class TrainingFailedError(RuntimeError):
+    """A training rank (or the executor running it) failed; checkpoints written so far are kept."""
+
+
+def _failure_summary(exc: BaseException) -> str:
+    """The line of Spark's/TorchDistributor's error that says what failed, not its stack trace."""
+    lines = [line.strip(" :") for line in str(exc).splitlines() if line.strip(" :")]
+    for marker in ("Job aborted", "TorchDistributor failed", "Error", "Exception"):
+        for line in lines:
+            if marker in line:
+                return line[:500]
+    return (lines[0] if lines else type(exc).__name__)[:500]
+
+
 def run_on_ranks(fn: Callable[..., Any], *args: Any, workers: int, local_mode: bool, use_gpu: bool) -> Any:
     """Run ``fn(*args)`` on ``workers`` ranks through TorchDistributor; return rank 0's value."""
     from pyspark.ml.torch.distributor import TorchDistributor
@@ -205,7 +219,13 @@ def fit(
     log.info("training %s on %d classes (%d rows in %s) with %d worker(s), %s mode, %d thread(s) each, %s",
              config.model.arch, len(classes), index.rows, prepared.train, workers,
              "local" if local_mode else "cluster", threads, "GPU" if use_gpu else "CPU")
-    returned = run_on_ranks(run_rank, job, workers=workers, local_mode=local_mode, use_gpu=bool(use_gpu))
+    try:
+        returned = run_on_ranks(run_rank, job, workers=workers, local_mode=local_mode, use_gpu=bool(use_gpu))
+    except Exception as exc:  # noqa: BLE001 - a rank or executor died: say so, and how to go on
+        last = latest_checkpoint(out)
+        hint = (f"the last checkpoint is {last}: run the same command with --resume to continue from it"
+                if last is not None else "no checkpoint was written")
+        raise TrainingFailedError(f"training failed ({_failure_summary(exc)}); {hint}") from exc
     if not isinstance(returned, dict):
         raise RuntimeError("training finished without rank 0's result")
     if not config.data.keep_work:
@@ -214,4 +234,4 @@ def fit(
                        returned["preprocess"])
 
 
-__all__ = ["CHECKPOINT_DIR", "TrainResult", "fit"]
+__all__ = ["CHECKPOINT_DIR", "TrainResult", "TrainingFailedError", "fit"]
