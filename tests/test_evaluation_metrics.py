@@ -218,3 +218,19 @@ def test_most_confidently_wrong_is_top_n(spark, case):
     expected = sorted(prob[wrong].max(axis=1), reverse=True)[:5]
     assert [t["confidence"] for t in top] == pytest.approx(expected, abs=1e-12)
     assert all(t["label"] != t["prediction"] for t in top)
+
+
+def test_float_arrays_and_mllib_vectors_are_accepted(spark, case, result):
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    frame = _frame(spark, case["rows"])
+    as_float = frame.withColumn("probability", F.col("probability").cast("array<float>"))
+    as_vector = frame.withColumn("probability", F.when(F.col("probability").isNotNull(),
+                                                       array_to_vector("probability")))
+    for variant in (as_float, as_vector):
+        res = evaluate_predictions(variant, MODEL_LABELS, top_k=[1, 2, 3],
+                                   settings=EvaluationSettings(calibration_bins=10))
+        assert res.rows == result.rows and res.probability_rows == result.probability_rows
+        assert res.accuracy == result.accuracy
+        assert res.log_loss == pytest.approx(result.log_loss, rel=1e-6)

@@ -63,8 +63,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType
 
 from sparkvision.config import EvaluationSettings
 
@@ -253,13 +255,39 @@ def _annotate(frame: DataFrame, labels: Sequence[str], ks: Sequence[int], bins: 
     return frame.withColumns(columns).drop("_prob")
 
 
-def _check_columns(frame: DataFrame) -> None:
+def normalize_predictions(frame: DataFrame) -> DataFrame:
+    """The predictions schema with the types metrics expect, whatever close variant came in.
+
+    Labels are compared as strings; ``probability`` may also arrive as array<float> or as
+    an MLlib vector (a classifier's raw ``probability`` column) and becomes array<double>.
+    """
     missing = [c for c in ("label", "prediction", "error") if c not in frame.columns]
     if missing:
         raise ValueError(
             f"predictions need the columns {', '.join(PREDICTION_COLUMNS)}; missing {', '.join(missing)} "
             f"(found {', '.join(frame.columns)})"
         )
+    if "probability" in frame.columns:
+        dtype = frame.schema["probability"].dataType
+        if isinstance(dtype, VectorUDT):
+            from pyspark.ml.functions import vector_to_array
+
+            # vector_to_array refuses nulls, and error rows have none.
+            probability = F.when(F.col("probability").isNotNull(), vector_to_array(F.col("probability"), "float64"))
+        elif isinstance(dtype, ArrayType):
+            probability = F.col("probability").cast("array<double>")
+        else:
+            raise ValueError(f"probability must be array<double> (or an MLlib vector), got {dtype.simpleString()}")
+    else:
+        probability = F.lit(None).cast("array<double>")
+    path = F.col("path").cast("string") if "path" in frame.columns else F.lit(None).cast("string")
+    return frame.select(
+        path.alias("path"),
+        F.col("label").cast("string").alias("label"),
+        F.col("prediction").cast("string").alias("prediction"),
+        probability.alias("probability"),
+        F.col("error").cast("string").alias("error"),
+    )
 
 
 def _safe_div(num: float, den: float) -> float:
@@ -279,7 +307,8 @@ def evaluate_predictions(
     probabilities are computed.
     """
     settings = settings or EvaluationSettings()
-    _check_columns(predictions)
+    has_probability = "probability" in predictions.columns
+    predictions = normalize_predictions(predictions)
     labels = list(labels or [])
     if len(set(labels)) != len(labels):
         raise ValueError("model labels must be unique (they index the probability vector)")
@@ -294,11 +323,7 @@ def evaluate_predictions(
         ks = sorted({1, *map(int, top_k)})
     if any(k < 1 for k in ks):
         raise ValueError(f"top-k needs k >= 1, got {ks}")
-    if "probability" not in predictions.columns:
-        predictions = predictions.withColumn("probability", F.lit(None).cast("array<double>"))
-        labels_for_prob: list[str] = []
-    else:
-        labels_for_prob = labels
+    labels_for_prob = labels if has_probability else []
 
     annotated = _annotate(predictions, labels_for_prob, ks, bins)
     sums = [F.sum(f"_top{k}").alias(f"top{k}") for k in ks]
@@ -435,12 +460,10 @@ def evaluate_predictions(
 
 def most_confidently_wrong(predictions: DataFrame, limit: int) -> list[dict[str, Any]]:
     """The ``limit`` wrong predictions with the highest confidence (Spark's top-N, not a full sort on the driver)."""
+    predictions = normalize_predictions(predictions)
     status = _status(F.col("label"), F.col("prediction"), F.col("error"))
     wrong = predictions.where((status == F.lit(OK)) & (F.col("label") != F.col("prediction")))
-    if "probability" in predictions.columns:
-        confidence = F.when(F.size("probability") > 0, F.array_max("probability"))
-    else:
-        confidence = F.lit(None).cast("double")
+    confidence = F.when(F.size("probability") > 0, F.array_max("probability"))
     rows = (
         wrong.select("path", "label", "prediction", confidence.alias("confidence"))
         .orderBy(F.col("confidence").desc_nulls_last(), F.col("path"))
