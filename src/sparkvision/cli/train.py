@@ -84,8 +84,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sparkvision.training import fit
-    from sparkvision.training.distributor import TrainingFailedError
+    from sparkvision.training.distributor import TrainingFailedError, fit
 
     config = config_from_args(args)
     if args.val is None and config.data.val_fraction == 0:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
 import tempfile
@@ -120,6 +121,11 @@ class TrainingFailedError(RuntimeError):
 
 def _failure_summary(exc: BaseException) -> str:
     """The line of Spark's/TorchDistributor's error that says what failed, not its stack trace."""
+    # Local mode: TorchDistributor's "Command [...] failed with return code N" (the ranks'
+    # own one-line errors are already in the log above).
+    code = re.search(r"failed with return code (-?\d+)", str(exc))
+    if code:
+        return f"a training process exited with code {code.group(1)}"
     lines = [line.strip(" :") for line in str(exc).splitlines() if line.strip(" :")]
     for marker in ("Job aborted", "TorchDistributor failed", "Error", "Exception"):
         for line in lines:
@@ -215,6 +221,7 @@ def fit(
             "seed": config.seed,
         },
         progress_tty=_progress_tty() if local_mode else None,
+        log_level=logging.getLogger("sparkvision").getEffectiveLevel(),
     )
     log.info("training %s on %d classes (%d rows in %s) with %d worker(s), %s mode, %d thread(s) each, %s",
              config.model.arch, len(classes), index.rows, prepared.train, workers,

@@ -69,6 +69,8 @@ class TrainJob:
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     #: A terminal the driver draws on (local mode): rank 0's progress bars go there.
     progress_tty: str | None = None
+    #: Rank 0 logs at this level (the driver's); the other ranks at WARNING or above.
+    log_level: int = logging.INFO
 
 
 # -- models -------------------------------------------------------------------------------
@@ -273,7 +275,7 @@ def run_rank(job: TrainJob) -> dict[str, Any] | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr, force=True,
+        level=job.log_level if rank == 0 else max(job.log_level, logging.WARNING), stream=sys.stderr, force=True,
         format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
     if world != job.config.scaling.workers:
@@ -289,10 +291,15 @@ def run_rank(job: TrainJob) -> dict[str, Any] | None:
         torch.backends.cudnn.deterministic = True
     else:
         device = torch.device("cpu")
-    if world > 1:
-        dist.init_process_group("nccl" if job.use_gpu else "gloo")
     try:
+        if world > 1:
+            dist.init_process_group("nccl" if job.use_gpu else "gloo")
         return _train(job, rank, world, device)
+    except Exception as exc:
+        # One line per failed rank; the driver turns the failure into one error with advice.
+        log.error("rank %d failed: %s: %s", rank, type(exc).__name__, exc)
+        log.debug("rank %d traceback", rank, exc_info=True)
+        raise SystemExit(1) from None
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
