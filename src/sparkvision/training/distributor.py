@@ -227,7 +227,10 @@ def fit(
              config.model.arch, len(classes), index.rows, prepared.train, workers,
              "local" if local_mode else "cluster", threads, "GPU" if use_gpu else "CPU")
     try:
-        returned = run_on_ranks(run_rank, job, workers=workers, local_mode=local_mode, use_gpu=bool(use_gpu))
+        # Locally the ranks pick their GPU by LOCAL_RANK themselves: TorchDistributor's own GPU
+        # handling would demand a driver configured with Spark GPU resources.
+        returned = run_on_ranks(run_rank, job, workers=workers, local_mode=local_mode,
+                                use_gpu=bool(use_gpu) and not local_mode)
     except Exception as exc:  # noqa: BLE001 - a rank or executor died: say so, and how to go on
         last = latest_checkpoint(out)
         hint = (f"the last checkpoint is {last}: run the same command with --resume to continue from it"

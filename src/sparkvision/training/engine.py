@@ -285,6 +285,8 @@ def run_rank(job: TrainJob) -> dict[str, Any] | None:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     torch.set_num_threads(job.threads)
     if job.use_gpu:
+        if local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"rank {rank}: {world} GPU workers on a machine with {torch.cuda.device_count()} GPU(s)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = False
