@@ -411,7 +411,7 @@ class MeasureSettings:
     val_images: int = 1000
     #: Throughput: images per ONNX Runtime call, images timed per round, rounds.
     batch_size: int = 32
-    bench_images: int = 256
+    bench_images: int = 128
     rounds: int = 3
     #: ONNX Runtime threads (None: every core), the same for both models compared.
     threads: int | None = None

@@ -23,7 +23,7 @@ def _optimize(args: argparse.Namespace) -> int:
         calibration_images=args.calibration_images,
     )
     measure = replace(MeasureSettings(), max_accuracy_drop=args.max_accuracy_drop, val_images=args.val_images,
-                      threads=args.threads)
+                      threads=args.threads, bench_images=args.bench_images)
     request = OptimizeRequest(
         int8=args.int8, prune=PruneSettings(amount=args.prune) if args.prune is not None else None,
         quantize=quantize, measure=measure, calibration=args.calibration, val=args.val, force=args.force,
@@ -109,6 +109,8 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     optimize.add_argument("--force", action="store_true", help="write the optimised model even when refused")
     optimize.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     optimize.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads when timing (default: all)")
+    optimize.add_argument("--bench-images", type=int, default=m.bench_images,
+                          help=f"images per timing round, {m.rounds} rounds per model (default {m.bench_images})")
     optimize.set_defaults(handler=_optimize)
 
     export = subparsers.add_parser(

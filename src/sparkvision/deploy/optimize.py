@@ -115,9 +115,12 @@ def optimize_model(spark, model_dir: str | Path, out_dir: str | Path, request: O
         if request.int8:
             current = quantize_model(current, Path(tmp) / "int8.onnx", request.quantize,
                                      calibration.tensor if calibration is not None else None)
-            details["int8"] = {"calibration_images": len(calibration) if calibration is not None else 0}
+            details["int8"] = {"calibration_images_used": len(calibration) if calibration is not None else 0}
         measured = measure_models({"baseline": fp32, "optimized": current}, val, card.labels, request.measure)
-        report = compare(measured["baseline"], measured["optimized"], {**request.describe(), **details}, val,
+        optimization = request.describe()
+        for key, extra in details.items():
+            optimization[key] = {**(optimization.get(key) or {}), **extra}
+        report = compare(measured["baseline"], measured["optimized"], optimization, val,
                          request.measure.max_accuracy_drop, forced=request.force)
         log.info("%s", report.summary())
         if not report.accepted and not request.force:
