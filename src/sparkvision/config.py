@@ -214,7 +214,7 @@ class TilingSettings:
     max_pixels: int = TILING_MAX_PIXELS
     #: Formats without region access (JPEG at full resolution, WebP, BMP, interlaced PNG)
     #: are decoded whole; above this many decoded bytes such a source is refused.
-    max_decode_bytes: int = 768 * 1024 * 1024
+    max_decode_bytes: int = 512 * 1024 * 1024
     #: Largest file read whole into memory (formats that need their bytes in memory).
     max_file_bytes: int = 1024 * 1024 * 1024
     #: (center, width) of a linear window mapping 16-bit, signed, float and DICOM values to
