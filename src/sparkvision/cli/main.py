@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "sparkvision.cli.transfer",
     "sparkvision.cli.train",
     "sparkvision.cli.evaluate",
+    "sparkvision.cli.tiling",
     "sparkvision.cli.deploy",
 ]
 

@@ -61,7 +61,7 @@ NO_TILES = "no_tiles"
 _INT, _STR, _DBL = IntegerType(), StringType(), DoubleType()
 BOX_STRUCT = StructType(
     [
-        StructField("label", _STR, False),
+        StructField("class_name", _STR, False),
         StructField("x", _INT, False),
         StructField("y", _INT, False),
         StructField("w", _INT, False),
@@ -168,7 +168,7 @@ def aggregate_image(
         base = _thumbnail(source, page or 0, settings.overlay_max_side)
         row["overlays"] = [
             {"label": labels[i], "png": overlay_png(
-                base, heat[i], cell, [b for b in boxes if b.label == labels[i]], width, height, settings,
+                base, heat[i], cell, [b for b in boxes if b.class_name == labels[i]], width, height, settings,
                 title=f"{labels[i]}: {settings.method} {scores[i]:.2f}",
             )}
             for i in drawn

@@ -1,24 +1,25 @@
 """Classifying tiles with a sparkvision model directory, in Spark or in one process.
 
-Tiles carry IMAGE_SCHEMA's columns, so any sparkvision model step can score them; this
-module gives the tiling commands one call, :func:`classify_tiles`, that adds the
-predictions columns (``prediction``, ``probability`` in the card's label order) and
-passes background and error rows through with nulls. Preprocessing is the model card's
-own, through :class:`~sparkvision.preprocess.ImagePreprocessor`, as everywhere else.
+Tiles carry IMAGE_SCHEMA's columns, so sparkvision's batch prediction entry point
+(:func:`sparkvision.inference.predict.load_model`, any model kind: ``onnx`` or
+``spark_pipeline``) scores them directly. :func:`classify_tiles` runs it on the tiles
+that have bytes and passes background and error rows through with null predictions,
+so background tiles stay background rather than becoming "no content" errors.
+
+:class:`TileClassifier` is the same ONNX model and preprocessing without Spark: the
+one-process path that the tiling benchmark compares Spark against.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 from pyspark.sql import DataFrame
-from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, StringType
 
 from sparkvision.io.errors import ErrorKind
 from sparkvision.models.model_dir import ModelCard, load_card, onnx_path
@@ -26,12 +27,6 @@ from sparkvision.models.runtime import cached_model
 from sparkvision.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
-
-PREDICTION_FIELDS = [
-    StructField("prediction", StringType(), True),
-    StructField("probability", ArrayType(DoubleType()), True),
-]
-
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -80,33 +75,24 @@ class TileClassifier:
         return predictions, probabilities, errors
 
 
-def _classify_batches(
-    batches: Iterator[pd.DataFrame], model: Any, card: dict[str, Any], batch_size: int, threads: int
-) -> Iterator[pd.DataFrame]:
-    classifier = TileClassifier(model.value, ModelCard.from_dict(card), threads, batch_size)
-    for batch in batches:
-        predictions, probabilities, errors = classifier(list(batch["content"]))
-        batch = batch.copy()
-        batch["prediction"] = predictions
-        batch["probability"] = probabilities
-        batch["error"] = [old if old is not None else new for old, new in zip(batch["error"], errors, strict=True)]
-        yield batch
+def classify_tiles(tiles: DataFrame, model_dir: str | Path, batch_size: int | None = None) -> DataFrame:
+    """Tile rows (without ``content``) plus ``prediction`` and ``probability`` (the card's label order).
 
-
-def classify_tiles(tiles: DataFrame, model_dir: str | Path, batch_size: int = 64, keep_content: bool = False) -> DataFrame:
-    """Tile rows plus ``prediction`` and ``probability`` (the card's label order).
-
-    The ONNX graph reaches executors as a broadcast, and each Python worker keeps one
-    ONNX Runtime session for it. ``content`` is dropped from the output unless asked for.
+    Runs the shared batch-prediction transformer of the model directory on tiles with
+    bytes; background and error rows pass through with nulls (their error kept).
     """
-    card = load_card(model_dir)
-    model_bytes = onnx_path(model_dir, card).read_bytes()
-    spark = tiles.sparkSession
-    broadcast = spark.sparkContext.broadcast(model_bytes)
-    threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
-    schema = StructType(list(tiles.schema.fields) + PREDICTION_FIELDS)
-    scored = tiles.mapInPandas(
-        partial(_classify_batches, model=broadcast, card=card.to_dict(), batch_size=batch_size, threads=threads),
-        schema,
+    from sparkvision.inference.predict import load_model
+
+    model = load_model(model_dir, batch_size)
+    columns = [c for c in tiles.columns if c != "content"]
+    has_bytes = F.col("content").isNotNull() & F.col("error").isNull()
+    scored = model.transform(tiles.where(has_bytes)).select(
+        *columns,
+        F.col("prediction").cast(StringType()).alias("prediction"),
+        F.col("probability").cast(ArrayType(DoubleType())).alias("probability"),
     )
-    return scored if keep_content else scored.drop("content")
+    rest = tiles.where(~has_bytes).select(
+        *columns, F.lit(None).cast(StringType()).alias("prediction"),
+        F.lit(None).cast(ArrayType(DoubleType())).alias("probability"),
+    )
+    return scored.unionByName(rest)

@@ -34,7 +34,7 @@ from sparkvision.config import HeatmapSettings
 class Box:
     """A localized region in full-resolution pixel coordinates."""
 
-    label: str
+    class_name: str
     x: int
     y: int
     w: int
