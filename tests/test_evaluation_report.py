@@ -1,13 +1,16 @@
 """The report for a real imagenette-mini model, opened in headless Chromium; ``compare``; thumbnails.
 
-The model is real: EfficientNet-Lite0 features (the registered ONNX export, run by
-ONNX Runtime through the one preprocessing path) and a scikit-learn logistic
-regression on part of the train split, scored on part of the val split. A few train
-images per class keep it quick and leave enough mistakes for the gallery.
+The model and predictions come from the real commands: ``sparkvision fit`` (EfficientNet-Lite0
+features + MLlib logistic regression) on a few train images per class, then
+``sparkvision predict`` on part of the val split, to which a file that is not an image
+(an error row) and a photo outside any class folder (no true label) are added. Few
+train images keep it quick and leave enough mistakes for the gallery.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -17,12 +20,11 @@ import pytest
 from PIL import Image
 
 from sparkvision.cli.main import main
-from sparkvision.config import PreprocessConfig
 from sparkvision.evaluation.report import load_result
 from sparkvision.evaluation.thumbnails import thumbnails
-from sparkvision.models.model_dir import ModelCard, save_card
+from sparkvision.models.model_dir import load_card
+from sparkvision.training.engine import CURVE_COLUMNS
 
-PREDICTION_SCHEMA = "path string, label string, prediction string, probability array<double>, error string"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -32,102 +34,68 @@ TRAIN_PER_CLASS = 12
 VAL_PER_CLASS = 16
 
 
-def _features(listing: pd.DataFrame) -> tuple[np.ndarray, list[str | None]]:
-    from sparkvision.models.onnx_export import registered_onnx
-    from sparkvision.models.registry import get_spec
-    from sparkvision.models.runtime import cached_model
-    from sparkvision.preprocess import ImagePreprocessor
-
-    contents = [Path(p).read_bytes() if Path(p).is_file() else b"this is not an image"
-                for p in listing["local"]]
-    batch = ImagePreprocessor(get_spec("efficientnet_lite0").preprocess)(contents)
-    model = cached_model(registered_onnx("efficientnet_lite0"), threads=2)
-    feats = model.run_batched(batch.tensor, "features", 32).reshape(len(batch.index), -1)
-    out = np.full((len(contents), feats.shape[1]), np.nan, dtype=np.float32)
-    out[batch.index] = feats
-    return out, batch.errors
+def _run_cli(argv: list[str]) -> dict:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(argv)
+    assert code == 0, argv
+    return json.loads(stdout.getvalue())
 
 
-def _listing(root: Path, per_class: int) -> pd.DataFrame:
-    from sparkvision.io.sources import list_folder
-
-    files = list_folder(str(root)).files
-    files = files.groupby("label").head(per_class)
-    files = files.assign(local=[p[len("file:"):] for p in files["path"]])
-    return files.reset_index(drop=True)[["path", "label", "local"]]
+def _val_subset(imagenette: Path, root: Path) -> Path:
+    """VAL_PER_CLASS real val photos per class (symlinks), one broken file, one photo without a class."""
+    for folder in sorted((imagenette / "val").iterdir()):
+        (root / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.iterdir())[:VAL_PER_CLASS]:
+            (root / folder.name / photo.name).symlink_to(photo)
+    (root / "tench" / "broken.jpg").write_bytes(b"this is not an image")
+    (root / "unsorted.jpg").symlink_to(sorted((imagenette / "val" / "church").iterdir())[-1])
+    return root
 
 
 @pytest.fixture(scope="module")
 def imagenette_model(spark, imagenette, tmp_path_factory):
     """(predictions Parquet, model dir with curves.csv) of a real transfer-learned classifier."""
-    from sklearn.linear_model import LogisticRegression
-
     work = tmp_path_factory.mktemp("imagenette-eval")
-    train = _listing(imagenette / "train", TRAIN_PER_CLASS)
-    val = _listing(imagenette / "val", VAL_PER_CLASS)
-    broken = work / "broken.jpg"
-    broken.write_bytes(b"this is not an image")
-    val = pd.concat([val, pd.DataFrame({"path": ["file:" + str(broken)], "label": ["tench"],
-                                        "local": [str(broken)]})], ignore_index=True)
-    val.loc[0, "label"] = None  # a row with no true label
-    x_train, _ = _features(train)
-    x_val, errors = _features(val)
-    clf = LogisticRegression(max_iter=300, C=0.5).fit(x_train, train["label"])
-    labels = [str(c) for c in clf.classes_]
-    ok = np.array([e is None for e in errors])
-    prob = np.zeros((len(val), len(labels)))
-    prob[ok] = clf.predict_proba(x_val[ok])
-    rows = pd.DataFrame({
-        "path": val["path"],
-        "label": val["label"],
-        "prediction": [labels[int(p.argmax())] if good else None for p, good in zip(prob, ok, strict=True)],
-        "probability": [p.tolist() if good else None for p, good in zip(prob, ok, strict=True)],
-        "error": errors,
-    })
-    predictions = str(work / "predictions")
-    spark.createDataFrame(rows, schema=PREDICTION_SCHEMA).coalesce(1).write.parquet(predictions)
-
     model_dir = work / "model"
-    save_card(model_dir, ModelCard(
-        name="imagenette-mini-logreg", kind="spark_pipeline", labels=labels, onnx=None,
-        preprocess=PreprocessConfig(), architecture="efficientnet_lite0 features + logistic regression",
-    ))
-    # What the training engine writes: one row per epoch, whatever columns it tracks.
+    fitted = _run_cli(["fit", "--train", str(imagenette / "train"), "--per-class", str(TRAIN_PER_CLASS),
+                       "--out", str(model_dir)])
+    val = _val_subset(imagenette, work / "val")
+    predictions = str(work / "predictions")
+    _run_cli(["predict", "--model", str(model_dir), "--input", str(val), "--out", predictions])
+    rows = spark.read.parquet(predictions).toPandas()
+    # Curves as the training engine writes them (its own column list), for the curves panel.
+    epochs = np.arange(1, 6)
     pd.DataFrame({
-        "epoch": [1, 2, 3, 4], "train_loss": [1.9, 1.1, 0.7, 0.5], "val_loss": [1.5, 0.9, 0.75, 0.72],
-        "val_top1": [0.61, 0.8, 0.86, 0.88], "val_top5": [0.9, 0.97, 0.98, 0.99], "lr": [0.1, 0.05, 0.01, 0.001],
+        column: epochs if column == "epoch" else np.linspace(0.1, 1.0, len(epochs))[::-1 if "loss" in column else 1]
+        for column in CURVE_COLUMNS
     }).to_csv(model_dir / "curves.csv", index=False)
     return {"predictions": predictions, "model_dir": str(model_dir), "work": work, "rows": rows,
-            "labels": labels}
+            "labels": fitted["labels"]}
 
 
 @pytest.fixture(scope="module")
 def report(imagenette_model, spark):
     out = imagenette_model["work"] / "report"
-    import contextlib
-    import io
-
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["evaluate", "--predictions", imagenette_model["predictions"], "--out", str(out),
-                     "--model", imagenette_model["model_dir"], "--top-k", "3", "--gallery", "8"])
-    assert code == 0
-    return {"dir": out, "printed": json.loads(stdout.getvalue())}
+    printed = _run_cli(["evaluate", "--predictions", imagenette_model["predictions"], "--out", str(out),
+                        "--model", imagenette_model["model_dir"], "--top-k", "3", "--gallery", "8"])
+    return {"dir": out, "printed": printed}
 
 
 def test_evaluate_prints_and_writes_the_metrics(report, imagenette_model):
     rows = imagenette_model["rows"]
     printed = report["printed"]
     assert printed == json.loads((report["dir"] / "metrics.json").read_text())
-    assert printed["rows"] == len(rows) == 10 * VAL_PER_CLASS + 1
+    assert printed["rows"] == len(rows) == 10 * VAL_PER_CLASS + 2
     assert printed["error_rows"] == 1 and list(printed["error_kinds"]) == ["not_an_image"]
-    assert printed["unlabeled_rows"] == 1
+    assert printed["unlabeled_rows"] == 1 and printed["evaluated_rows"] == 10 * VAL_PER_CLASS
     scored = rows[rows["error"].isna() & rows["label"].notna()]
     assert printed["accuracy"] == pytest.approx((scored["label"] == scored["prediction"]).mean())
     assert printed["model_labels"] == imagenette_model["labels"]
     assert set(printed["top_k"]) == {"1", "3"} and printed["log_loss"] > 0
     assert 0.5 < printed["accuracy"] < 1.0  # a real model that makes a few mistakes
-    assert printed["source"]["model"] == "imagenette-mini-logreg"
+    assert printed["source"]["model"] == load_card(imagenette_model["model_dir"]).name
+    assert printed["argmax_mismatch_rows"] == 0  # predict writes probabilities in the card's label order
 
 
 def test_report_opens_in_chromium_with_heat_map_and_gallery(report, imagenette_model):
@@ -160,6 +128,8 @@ def test_report_opens_in_chromium_with_heat_map_and_gallery(report, imagenette_m
             assert all("true:" in c and "predicted:" in c for c in captions)
             for ident in ("#reliability-img", "#curves-img"):
                 assert page.locator(ident).evaluate("img => img.naturalWidth") > 0, ident
+            curves_note = page.locator("#curves").inner_text()
+            assert all(column in curves_note for column in CURVE_COLUMNS)
             assert page.locator("#per-class-table tbody tr").count() == 10
             page.screenshot(path=str(shot), full_page=True)
             heat.screenshot(path=str(report["dir"] / "heatmap.png"))
@@ -183,7 +153,7 @@ def test_compare_lines_up_reports(report, imagenette_model, tmp_path, spark, cap
     assert main(["compare", str(report["dir"]), str(second), "--out", str(tmp_path / "cmp")]) == 0
     printed = json.loads(capsys.readouterr().out)
     first = load_result(report["dir"])
-    assert printed["models"] == ["imagenette-mini-logreg", "second"]
+    assert printed["models"] == [load_card(imagenette_model["model_dir"]).name, "second"]
     assert printed["metrics"]["accuracy"] == [first.accuracy, first.accuracy]
     assert printed["metrics"]["top3_accuracy"][0] == first.top_k[3]
     assert printed["metrics"]["top3_accuracy"][1] is None and printed["metrics"]["top2_accuracy"][1] is not None

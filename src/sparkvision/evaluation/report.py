@@ -145,25 +145,43 @@ def read_curves(model_dir: str | Path | None) -> pd.DataFrame | None:
     return numeric if len(numeric) else None
 
 
+#: How curves.csv columns are grouped into panels (first match wins); anything else goes to "other".
+_CURVE_PANELS = (
+    ("loss", ("loss",)),
+    ("accuracy", ("top", "acc", "f1", "precision", "recall", "auc")),
+    ("learning rate", ("lr", "learning_rate")),
+    ("speed", ("seconds", "per_s", "time", "throughput")),
+)
+
+
+def _panel_of(column: str) -> str:
+    name = column.lower()
+    for panel, keys in _CURVE_PANELS:
+        if panel == "learning rate":
+            if name == "lr" or name.startswith(keys):
+                return panel
+        elif any(key in name for key in keys):
+            return panel
+    return "other"
+
+
 def plot_curves(curves: pd.DataFrame) -> str | None:
-    """Whatever columns curves.csv has: losses together, learning rates on a log axis, the rest as metrics."""
+    """Whatever columns curves.csv has, one panel per kind: losses, accuracies, learning rate (log), speed."""
     x_name = next((c for c in ("epoch", "step", "iteration") if c in curves.columns), None)
     x = curves[x_name] if x_name else pd.Series(range(1, len(curves) + 1))
-    others = [c for c in curves.columns if c != x_name]
-    groups = {
-        "loss": [c for c in others if "loss" in c.lower()],
-        "learning rate": [c for c in others if c.lower() == "lr" or c.lower().startswith(("lr", "learning_rate"))],
-    }
-    used = set(groups["loss"]) | set(groups["learning rate"])
-    groups["metrics"] = [c for c in others if c not in used and not c.lower().startswith(("time", "seconds", "wall"))]
-    panels = [(name, cols) for name, cols in groups.items() if cols]
+    groups: dict[str, list[str]] = {}
+    for column in curves.columns:
+        if column != x_name:
+            groups.setdefault(_panel_of(column), []).append(column)
+    order = [p for p, _ in _CURVE_PANELS] + ["other"]
+    panels = [(name, groups[name]) for name in order if name in groups]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
     for ax, (name, cols) in zip(axes[0], panels, strict=True):
         for col in cols:
             ax.plot(x, curves[col], marker="o", ms=3, lw=1.5, label=col)
-        if name == "learning rate" and (curves[cols] > 0).all().all():
+        if name == "learning rate" and (curves[cols].dropna() > 0).all().all():
             ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(x_name or "row")
