@@ -7,11 +7,17 @@ SIGKILL for the resume test, as a user's crashed job would be.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -110,18 +116,52 @@ def _env() -> dict[str, str]:
     return {**os.environ, "SPARKVISION_CACHE": str(ROOT / ".cache" / "sparkvision")}
 
 
+def _run_on_a_terminal(cmd: list[str], timeout: float = 600) -> tuple[int, str, str]:
+    """Run ``cmd`` with stderr on a pseudo-terminal, as a user at a shell would (progress bars on)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=_env())
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def pump() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer (the command, its ranks) has closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=30)
+        os.close(master)
+    return proc.returncode, stdout.decode(), b"".join(chunks).decode(errors="replace")
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(digits_ds, tmp_path_factory) -> tuple[Path, dict]:
+def uninterrupted(digits_ds, tmp_path_factory) -> tuple[Path, dict, str]:
     out = tmp_path_factory.mktemp("runs") / "a"
-    done = subprocess.run(_train_cmd(digits_ds, out), capture_output=True, text=True, env=_env(), timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, json.loads(done.stdout)
+    code, stdout, terminal = _run_on_a_terminal(_train_cmd(digits_ds, out))
+    assert code == 0, terminal[-3000:]
+    return out, json.loads(stdout), terminal
 
 
 def test_cli_train_end_to_end(uninterrupted):
     from sparkvision.models.model_dir import is_model_dir, load_card
 
-    out, result = uninterrupted
+    out, result, terminal = uninterrupted
+    # Rank 0 draws a progress bar per epoch on the user's terminal, and logs each epoch.
+    for epoch in range(1, 5):
+        assert re.search(rf"epoch {epoch}/4: 100%\|.*\| \d+/\d+ ", terminal), terminal[-2000:]
+        assert f"epoch {epoch}/4, lr" in terminal
     metrics = result["metrics"]
     assert metrics["workers"] == 2 and metrics["epochs_run"] == 4
     assert metrics["val_top1"] > 0.9  # chance is 0.1
@@ -151,7 +191,7 @@ def test_model_dirs_onnx_matches_the_torch_model(uninterrupted, digits_ds):
     from sparkvision.preprocess import ImagePreprocessor
     from sparkvision.training.data import read_contents, read_index
 
-    out, result = uninterrupted
+    out, result, _ = uninterrupted
     card = load_card(out)
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=False)
     assert best["epoch"] == result["metrics"]["exported_epoch"]
@@ -184,7 +224,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def test_killed_run_resumes_to_the_same_result(uninterrupted, digits_ds, tmp_path):
-    ref_out, ref = uninterrupted
+    ref_out, ref, _ = uninterrupted
     out = tmp_path / "b"
     proc = subprocess.Popen(_train_cmd(digits_ds, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env(), start_new_session=True)
