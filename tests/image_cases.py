@@ -209,6 +209,9 @@ def build_messy_folder(root: Path, with_bomb: bool = True) -> list[Case]:
     add("good/time 12:30.png", png, format="PNG", mode="RGB", width=64, height=48, channels=3)
     add("good/café 日本.png", png, format="PNG", mode="RGB", width=64, height=48, channels=3)
 
+    add("loose.png", png, format="PNG", mode="RGB", width=64, height=48, channels=3)  # no class folder
+    add("good/deeper/nested.jpg", jpeg, format="JPEG", mode="RGB", width=64, height=48, channels=3)
+
     for orientation in range(1, 9):
         add(f"rotated/orientation_{orientation}.jpg", jpeg_with_orientation(orientation), format="JPEG",
             mode="RGB", width=48, height=32, channels=3)

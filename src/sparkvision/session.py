@@ -43,8 +43,8 @@ def build_conf(settings: SparkSettings) -> dict[str, str]:
         "spark.executor.memory": settings.executor_memory,
         "spark.driver.extraJavaOptions": java_opts,
         "spark.executor.extraJavaOptions": java_opts,
-        "spark.pyspark.python": os.environ["PYSPARK_PYTHON"],
-        "spark.pyspark.driver.python": os.environ["PYSPARK_DRIVER_PYTHON"],
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        "spark.pyspark.driver.python": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
         "spark.executorEnv.LC_ALL": "C.UTF-8",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
@@ -77,6 +77,9 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     settings = settings or SparkSettings()
     active = SparkSession.getActiveSession()
     if active is not None:
+        if settings.master != active.sparkContext.master and settings.master != SparkSettings().master:
+            log.warning("a Spark session on %s is already running; it is used instead of %s",
+                        active.sparkContext.master, settings.master)
         return active
     _prepare_environment()
     builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
@@ -90,6 +93,8 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
         spark.sparkContext.master,
         spark.sparkContext.defaultParallelism,
     )
+    for key in settings.conf:  # read back from the running session: what the cluster really got
+        log.info("Spark conf %s=%s", key, spark.conf.get(key, None))
     return spark
 
 

@@ -52,14 +52,19 @@ def configure_logging(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def spark_from_args(args: argparse.Namespace) -> SparkSession:
+def settings_from_args(args: argparse.Namespace) -> SparkSettings:
+    """--master (else $SPARKVISION_MASTER), --conf and --driver-memory as SparkSettings."""
     settings = SparkSettings()
     overrides: dict[str, Any] = {"conf": parse_conf_pairs(args.conf)}
     if args.master:
         overrides["master"] = args.master
     if args.driver_memory:
         overrides["driver_memory"] = args.driver_memory
-    return get_spark(replace(settings, **overrides))
+    return replace(settings, **overrides)
+
+
+def spark_from_args(args: argparse.Namespace) -> SparkSession:
+    return get_spark(settings_from_args(args))
 
 
 def emit(result: Any) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from sparkvision.cli.common import emit, spark_from_args
 from sparkvision.config import DecodeSettings, IngestSettings
-from sparkvision.io import compute_stats, load_images, write_dataset
+from sparkvision.io import compute_stats, load_images, read_dataset, write_dataset
+from sparkvision.io.fs import OutputExistsError
 from sparkvision.progress import spark_progress
 
 log = logging.getLogger(__name__)
@@ -51,15 +53,26 @@ def read_source(spark, args: argparse.Namespace, src: str, probe: str = "full"):
     )
 
 
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file:"):
+        return "/" + uri[len("file:"):].lstrip("/")
+    return None if "://" in uri else uri
+
+
 def _ingest(args: argparse.Namespace) -> int:
+    local = _local_path(args.out)
+    if local is not None and os.path.lexists(local) and not args.overwrite:
+        # Refuse before starting Spark; write_dataset checks again for any URI.
+        raise OutputExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     spark = spark_from_args(args)
     frame = read_source(spark, args, args.src, probe="full")
     with spark_progress(spark, "ingest"):
         manifest = write_dataset(spark, frame, args.out, overwrite=args.overwrite, source=args.src)
-    stats = compute_stats(spark.read.parquet(args.out))
+    with spark_progress(spark, "statistics"):
+        stats = compute_stats(read_dataset(spark, args.out))
     log.info("ingested %d rows (%d ok, %d with errors) into %s", manifest.rows, manifest.ok, manifest.errors, args.out)
     emit({"out": args.out, "rows": stats.rows, "ok": stats.ok, "errors": stats.errors,
-          "classes": stats.classes, "error_kinds": stats.error_kinds})
+          "classes": stats.classes, "error_kinds": stats.error_kinds, "error_examples": stats.error_examples})
     return 0
 
 

@@ -100,8 +100,13 @@ _JPEG_FRAME_HEADER = re.compile(rb"\xff[\xc0-\xc3\xc5-\xc7\xc9-\xcb\xcd-\xcf]")
 
 def _header_cut(data: bytes, claimed: str) -> bool:
     """Whether the bytes stop before the header that gives the image's size."""
-    if claimed == "PNG":
-        return len(data) < 33  # signature + IHDR chunk
+    if claimed == "PNG":  # walk the chunks: does the data reach the first IDAT?
+        pos = 8
+        while pos + 8 <= len(data):
+            if data[pos + 4: pos + 8] == b"IDAT":
+                return False
+            pos += 12 + int.from_bytes(data[pos: pos + 4], "big")
+        return True
     if claimed == "JPEG":
         return _JPEG_FRAME_HEADER.search(data) is None  # no start-of-frame marker
     return len(data) < 64

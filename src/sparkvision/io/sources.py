@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
 from sparkvision.config import DecodeSettings, IngestSettings
+from sparkvision.io import fs
 from sparkvision.io.decode import probe_image
 from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
@@ -311,6 +312,8 @@ def read_binary_files(
     ingest = ingest or IngestSettings()
     decode = decode or DecodeSettings()
     root = _qualified_root(spark, uri)
+    if not fs.exists(spark, root):
+        raise FileNotFoundError(f"{uri!r} does not exist")
     reader = (
         spark.read.format("binaryFile")
         # Always recursive: without it Spark infers partition columns from 'key=value' folders.

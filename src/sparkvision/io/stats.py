@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -20,7 +20,9 @@ class DatasetStats:
     error_kinds: dict[str, int]
     modes: dict[str, int]
     formats: dict[str, int]
-    sizes: dict[str, int]  # "<=256" style buckets of the longer side
+    sizes: dict[str, int]  # "<=256" style buckets of the longer side, smallest first
+    #: A few rows with errors (path and error), so a person can go and look at them.
+    error_examples: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,30 +37,60 @@ def _size_bucket() -> F.Column:
     return expr.otherwise(f">{SIZE_BUCKETS[-1]}")
 
 
-def _counts(frame: DataFrame, column: F.Column) -> dict[str, int]:
-    rows = frame.groupBy(column.alias("key")).count().collect()
-    return {("<none>" if r["key"] is None else str(r["key"])): int(r["count"]) for r in rows}
+def _bucket_order(name: str) -> tuple[int, int]:
+    return (1, 0) if name.startswith(">") else (0, int(name[2:]))
 
 
-def compute_stats(frame: DataFrame) -> DatasetStats:
-    """Counts per class, error kind, mode, format and size bucket, from the metadata columns only."""
-    meta = frame.select("label", "format", "mode", "width", "height", "error").cache()
+def _add(counts: dict[str, int], key: str | None, n: int) -> None:
+    name = "<none>" if key is None else str(key)
+    counts[name] = counts.get(name, 0) + n
+
+
+def compute_stats(frame: DataFrame, examples: int = 10) -> DatasetStats:
+    """Counts per class, error kind, mode, format and size bucket, from the metadata columns only.
+
+    One aggregation over the metadata (cached, so a source that decodes is read once):
+    counts per combination of the columns come back small, and Python sums them up.
+    """
+    meta = frame.select("path", "label", "format", "mode", "width", "height", "error").cache()
     try:
-        ok = meta.where(F.col("error").isNull())
-        bad = meta.where(F.col("error").isNotNull())
-        error_kinds = _counts(bad, F.split(F.col("error"), ":").getItem(0))
-        classes = _counts(ok, F.col("label"))
-        rows = meta.count()
-        n_errors = sum(error_kinds.values())
+        is_ok = F.col("error").isNull()
+        groups = meta.groupBy(
+            F.when(is_ok, F.col("label")).alias("label"),
+            F.when(is_ok, F.col("format")).alias("format"),
+            F.when(is_ok, F.col("mode")).alias("mode"),
+            F.when(is_ok & F.col("width").isNotNull(), _size_bucket()).alias("size"),
+            F.split(F.col("error"), ":").getItem(0).alias("kind"),
+            is_ok.alias("ok"),
+        ).count().collect()
+        classes: dict[str, int] = {}
+        kinds: dict[str, int] = {}
+        modes: dict[str, int] = {}
+        formats: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        for g in groups:
+            n = int(g["count"])
+            if g["ok"]:
+                _add(classes, g["label"], n)
+                _add(modes, g["mode"], n)
+                _add(formats, g["format"], n)
+                if g["size"] is not None:
+                    _add(sizes, g["size"], n)
+            else:
+                _add(kinds, g["kind"], n)
+        n_errors = sum(kinds.values())
+        rows = n_errors + sum(classes.values())
+        bad = meta.where(~is_ok).select("path", "error").orderBy("path").limit(examples).collect() if n_errors else []
         return DatasetStats(
             rows=rows,
             ok=rows - n_errors,
             errors=n_errors,
             classes=dict(sorted(classes.items())),
-            error_kinds=dict(sorted(error_kinds.items())),
-            modes=dict(sorted(_counts(ok, F.col("mode")).items())),
-            formats=dict(sorted(_counts(ok, F.col("format")).items())),
-            sizes=_counts(ok.where(F.col("width").isNotNull()), _size_bucket()),
+            error_kinds=dict(sorted(kinds.items())),
+            modes=dict(sorted(modes.items())),
+            formats=dict(sorted(formats.items())),
+            sizes=dict(sorted(sizes.items(), key=lambda item: _bucket_order(item[0]))),
+            error_examples=[{"path": r["path"], "error": r["error"]} for r in bad],
         )
     finally:
         meta.unpersist()
