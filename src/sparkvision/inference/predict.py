@@ -49,7 +49,7 @@ PREDICTIONS_SCHEMA = StructType([
     StructField(PATH, StringType(), False),
     StructField(LABEL, StringType(), True),
     StructField("prediction", StringType(), True),
-    StructField("probability", ArrayType(DoubleType(), False), True),
+    StructField("probability", ArrayType(DoubleType(), True), True),
     StructField(ERROR, StringType(), True),
 ])
 PREDICTION_COLUMNS = [f.name for f in PREDICTIONS_SCHEMA.fields]

@@ -6,6 +6,7 @@ The fitted model is a plain Spark ``PipelineModel`` of six stages::
     NullVectorFiller     features -> features_filled (zeros where null: MLlib cannot score nulls)
     StringIndexerModel   label -> label_index (alphabetical; unseen/null labels are kept, not fatal)
     classifier model     features_filled -> raw_prediction, probability_vector, prediction_index
+                         (one-vs-rest GBT: rawPrediction margins and prediction_index)
     IndexToString        prediction_index -> predicted_label
     PredictionFormatter  -> prediction (class name), probability (array<double>), both null on error
 
@@ -60,6 +61,9 @@ PREDICTION_INDEX = "prediction_index"
 PREDICTED_LABEL = "predicted_label"
 PREDICTION = "prediction"
 PROBABILITY = "probability"
+#: OneVsRest keeps Spark's default raw column: its binary models write their margins under
+#: their own rawPredictionCol, and a loaded OneVsRestModel forgets a renamed one.
+OVR_RAW_PREDICTION = "rawPrediction"
 
 CLASSIFIERS = ("logreg", "rf", "gbt", "mlp")
 
@@ -164,8 +168,7 @@ def build_classifier(settings: TransferSettings, num_features: int, num_classes:
             numTrees=settings.rf_num_trees, maxDepth=settings.rf_max_depth, seed=settings.seed, **probabilistic,
         )
     if name == "gbt":
-        return OneVsRest(classifier=_gbt(settings.gbt_max_iter, settings.gbt_max_depth, settings.seed),
-                         rawPredictionCol=RAW_PREDICTION, **cols)
+        return OneVsRest(classifier=_gbt(settings.gbt_max_iter, settings.gbt_max_depth, settings.seed), **cols)
     if name == "mlp":
         return MultilayerPerceptronClassifier(
             layers=[num_features, *settings.mlp_hidden, num_classes], maxIter=settings.mlp_max_iter,
@@ -345,7 +348,7 @@ def fit_transfer(
         classifier_model,
         IndexToString(inputCol=PREDICTION_INDEX, outputCol=PREDICTED_LABEL, labels=labels),
         PredictionFormatter(
-            sourceCol=RAW_PREDICTION if settings.classifier == "gbt" else PROBABILITY_VECTOR,
+            sourceCol=OVR_RAW_PREDICTION if settings.classifier == "gbt" else PROBABILITY_VECTOR,
             probabilityMode="ovr_margin" if settings.classifier == "gbt" else "vector",
         ),
     ]

@@ -223,7 +223,7 @@ class ClassProbabilities(OutputMapper):
         self.top_k = min(top_k, len(self.labels))
         self.fields = [StructField("prediction", StringType(), True)]
         if probability:
-            self.fields.append(StructField("probability", ArrayType(DoubleType(), False), True))
+            self.fields.append(StructField("probability", ArrayType(DoubleType(), True), True))
         if self.top_k:
             self.fields.append(StructField("top_k", TOP_K_TYPE, True))
 

@@ -1,0 +1,95 @@
+"""ImageNet predictions without training, and the batch prediction job: every row once, atomic output."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from transfer_cases import IMAGENET_NAMES, bad_files, photo_folder
+
+from sparkvision.inference.predict import (
+    PREDICTIONS_SCHEMA,
+    PredictionCheckError,
+    check_every_row_once,
+    predict,
+)
+from sparkvision.io import load_images
+from sparkvision.io.fs import OutputExistsError
+from sparkvision.ml.predictor import ImagePredictor
+from sparkvision.models.model_dir import ModelCard, save_card
+from sparkvision.models.onnx_export import registered_onnx
+from sparkvision.models.registry import get_spec
+
+
+@pytest.fixture(scope="module")
+def imagenet_model_dir(tmp_path_factory):
+    """A model directory of kind ``onnx``: the pretrained backbone with its 1000 ImageNet labels."""
+    spec = get_spec("efficientnet_lite0")
+    out = tmp_path_factory.mktemp("onnx_model") / "imagenet"
+    out.mkdir()
+    shutil.copyfile(registered_onnx("efficientnet_lite0"), out / "model.onnx")
+    save_card(out, ModelCard(name="imagenet-lite0", kind="onnx", labels=list(spec.labels),
+                             preprocess=spec.preprocess, architecture="efficientnet_lite0"))
+    return out
+
+
+def test_image_predictor_names_the_right_imagenet_class_for_real_photos(spark, imagenette, tmp_path):
+    folder = photo_folder(imagenette, "val", tmp_path / "photos", list(IMAGENET_NAMES), per_class=1, offset=5)
+    frame = load_images(spark, str(folder), probe="header")
+    rows = ImagePredictor(topK=5, batchSize=4).transform(frame).collect()
+    assert len(rows) == len(IMAGENET_NAMES)
+    for row in rows:
+        assert row["error"] is None
+        assert row["prediction"] == IMAGENET_NAMES[row["label"]], (row["label"], row["top_k"])
+        top = [(t["label"], t["probability"]) for t in row["top_k"]]
+        assert len(top) == 5 and top[0][0] == row["prediction"]
+        assert all(a[1] >= b[1] for a, b in zip(top, top[1:], strict=False))
+        probs = np.asarray(row["probability"])
+        assert probs.shape == (1000,) and abs(probs.sum() - 1) < 1e-9
+        assert top[0][1] == pytest.approx(probs.max())
+
+
+def test_predict_job_writes_every_row_once_with_errors_and_refuses_or_replaces_output(
+        spark, imagenette, imagenet_model_dir, tmp_path):
+    folder = photo_folder(imagenette, "val", tmp_path / "in", ["tench", "golf_ball"], per_class=2)
+    kinds = bad_files(folder, "golf_ball")
+    frame = load_images(spark, str(folder), probe="header")
+    out = str(tmp_path / "predictions")
+
+    summary = predict(spark, imagenet_model_dir, frame, out)
+    written = spark.read.parquet(out)
+    assert [(f.name, f.dataType) for f in written.schema.fields] == [
+        (f.name, f.dataType) for f in PREDICTIONS_SCHEMA.fields
+    ]
+    rows = written.collect()
+    assert summary.rows == len(rows) == 7 and summary.errors == 3 and summary.predicted == 4
+    assert sorted(r["path"] for r in rows) == sorted(r["path"] for r in frame.select("path").collect())
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
+    for name, kind in kinds.items():
+        assert by_name[name]["error"].startswith(kind) and by_name[name]["prediction"] is None
+        assert by_name[name]["probability"] is None and by_name[name]["label"] == "golf_ball"
+    good = [r for n, r in by_name.items() if n not in kinds]
+    assert {r["label"] for r in good} == {"tench", "golf_ball"}
+    assert all(r["prediction"] == IMAGENET_NAMES[r["label"]] for r in good)
+    assert all(len(r["probability"]) == 1000 for r in good)
+
+    # An existing output is refused and left as it was.
+    other = load_images(spark, str(photo_folder(imagenette, "val", tmp_path / "in2", ["tench"], per_class=1)))
+    with pytest.raises(OutputExistsError):
+        predict(spark, imagenet_model_dir, other, out)
+    assert spark.read.parquet(out).count() == 7
+    # With overwrite it is replaced whole: only the new input's rows remain.
+    replaced = predict(spark, imagenet_model_dir, other, out, overwrite=True)
+    assert replaced.rows == 1 and spark.read.parquet(out).count() == 1
+    assert not [p for p in (tmp_path).iterdir() if ".staging-" in p.name or ".retired-" in p.name]
+
+
+def test_every_row_once_check_catches_missing_and_duplicated_rows(spark):
+    inputs = spark.createDataFrame([("a",), ("b",), ("b",), ("c",)], "path string")
+    assert check_every_row_once(inputs, spark.createDataFrame([("c",), ("b",), ("a",), ("b",)], "path string")) == 4
+    with pytest.raises(PredictionCheckError, match="3 rows for 4 input rows"):
+        check_every_row_once(inputs, spark.createDataFrame([("a",), ("b",), ("c",)], "path string"))
+    # Same row count, but "a" twice and "c" never: still refused.
+    with pytest.raises(PredictionCheckError, match="2 paths differ"):
+        check_every_row_once(inputs, spark.createDataFrame([("a",), ("a",), ("b",), ("b",)], "path string"))
