@@ -210,6 +210,23 @@ def test_model_dirs_onnx_matches_the_torch_model(uninterrupted, digits_ds):
     assert (got.argmax(1) == labels).mean() > 0.85
 
 
+def test_sparkvision_predict_takes_the_trained_model_dir(uninterrupted, digits_ds, tmp_path):
+    """The transfer-learning path's batch prediction runs the model directory as it is, and
+    agrees with the accuracy training measured on the same validation rows."""
+    import pyarrow.parquet as pq
+
+    out, result, _ = uninterrupted
+    predictions = tmp_path / "pred"
+    done = subprocess.run([*CLI, "predict", "--model", str(out), "--input", digits_ds["val"], "--out",
+                           str(predictions), *SPARK], capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pq.read_table(predictions).to_pandas()
+    assert len(table) == result["metrics"]["val_count"] and table["error"].isna().all()
+    accuracy = (table["prediction"] == table["label"]).mean()
+    # Same preprocessing, ONNX vs torch logits: at most a near-tie may flip one row.
+    assert accuracy == pytest.approx(result["metrics"]["val_top1"], abs=1.01 / len(table))
+
+
 def _descendants(pid: int) -> list[int]:
     found, stack = [], [pid]
     while stack:
