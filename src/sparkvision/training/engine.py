@@ -27,7 +27,6 @@ import random
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -281,8 +280,6 @@ def run_rank(job: TrainJob) -> dict[str, Any] | None:
     if world != job.config.scaling.workers:
         raise RuntimeError(f"started with {world} ranks, configured for {job.config.scaling.workers}")
     _watch_parent()
-    # DDP's note about a 1-channel conv weight's grad strides: the same memory layout, harmless.
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     torch.set_num_threads(job.threads)
     if job.use_gpu:
         if local_rank >= torch.cuda.device_count():
@@ -389,7 +386,7 @@ def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[s
         t0 = time.perf_counter()
         for step in range(steps):
             idx = order[step * local_batch: (step + 1) * local_batch]
-            x = torch.from_numpy(train.images[idx]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            x = torch.from_numpy(train.images[idx]).to(device).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
             y = torch.from_numpy(train.labels[idx]).to(device)
             targets = y
             if augmenter is not None:
