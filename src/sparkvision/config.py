@@ -391,8 +391,6 @@ class PruneSettings:
     #: Depthwise convolutions have one filter per channel; pruning them too zeroes the
     #: same channels twice over, so they are left alone by default.
     include_depthwise: bool = False
-    #: Fine-tuning epochs after pruning (through sparkvision.training; 0: none).
-    finetune_epochs: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.amount < 1:

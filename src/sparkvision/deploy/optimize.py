@@ -100,6 +100,9 @@ def optimize_model(spark, model_dir: str | Path, out_dir: str | Path, request: O
     if out_dir.exists() and any(out_dir.iterdir()) and not request.overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     card = load_card(model_dir)
+    if not card.onnx and card.kind == "spark_pipeline":
+        raise ValueError(f"{model_dir} is a Spark pipeline without model.onnx; run 'sparkvision export "
+                         f"{model_dir}' first")
     fp32 = onnx_path(model_dir, card)
     calibration, val = _images(spark, request, card)
     with tempfile.TemporaryDirectory(prefix="sv-optimize-") as tmp:

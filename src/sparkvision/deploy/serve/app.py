@@ -322,7 +322,14 @@ def run_server(model_dir: str | Path, settings: ServeSettings | None = None) -> 
     """Serve until interrupted (what ``sparkvision serve`` runs)."""
     import uvicorn
 
+    from sparkvision.models.model_dir import load_card, onnx_path
+
     settings = settings or ServeSettings()
+    card = load_card(model_dir)  # fail here, with one clear line, rather than inside uvicorn's startup
+    if not card.onnx and card.kind == "spark_pipeline":
+        raise FileNotFoundError(f"{model_dir} is a Spark pipeline without model.onnx; run 'sparkvision export "
+                                f"{model_dir}' first")
+    onnx_path(model_dir, card)
     app = create_app(model_dir, settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 limit_concurrency=None, timeout_graceful_shutdown=5)
