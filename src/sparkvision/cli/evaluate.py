@@ -10,8 +10,6 @@ from pathlib import Path
 
 from sparkvision.cli.common import emit, spark_from_args
 from sparkvision.config import EvaluationSettings
-from sparkvision.evaluation.metrics import evaluate_predictions
-from sparkvision.evaluation.report import compare_reports, write_compare, write_report
 from sparkvision.progress import spark_progress
 
 log = logging.getLogger(__name__)
@@ -46,6 +44,10 @@ def resolve_labels(spark, args: argparse.Namespace) -> tuple[list[str], str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib should not slow down every other command's start.
+    from sparkvision.evaluation.metrics import evaluate_predictions
+    from sparkvision.evaluation.report import write_report
+
     settings = EvaluationSettings()
     settings = replace(
         settings,
@@ -80,6 +82,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from sparkvision.evaluation.report import compare_reports, write_compare
+
     comparison = compare_reports(args.reports)
     if args.out:
         path = write_compare(args.out, comparison)
