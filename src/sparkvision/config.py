@@ -223,7 +223,7 @@ class TilingSettings:
     #: Tile rows (at a level) per Spark work unit; units of one big scene spread over tasks.
     rows_per_unit: int = 4
     #: Decoded TIFF tiles/strips kept per reader, so overlapping tiles decode each segment once.
-    segment_cache_bytes: int = 64 * 1024 * 1024
+    segment_cache_bytes: int = 32 * 1024 * 1024
     #: Spark partitions of the work units; None: 2 x default parallelism.
     partitions: int | None = None
 

@@ -1,0 +1,141 @@
+"""Peak memory of tiling, measured where the work runs (used by the memory test, script and benchmark).
+
+* :func:`one_process_peak` tiles a source in a fresh Python process and reports its
+  peak RSS (``ru_maxrss``) next to its RSS just before tiling, so imports are not
+  counted as tiling's.
+* :class:`WorkerPeaks` samples the resident memory of every Python process below this
+  one (Spark's Python workers under the JVM) while Spark tiles, and keeps each one's
+  peak (``VmHWM``), so the executors' memory is measured, not the driver's.
+
+Run as ``python -m sparkvision.tiling.profile PATH [SETTINGS_JSON]``: prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from sparkvision.config import TilingSettings
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        tree.setdefault(parent, []).append(int(name))
+    return tree
+
+
+def descendants(root: int | None = None) -> list[int]:
+    tree = _children()
+    out: list[int] = []
+    stack = list(tree.get(root or os.getpid(), []))
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(tree.get(pid, []))
+    return out
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"python" in handle.read().split(b"\0", 1)[0]
+    except OSError:
+        return False
+
+
+class WorkerPeaks:
+    """Peak resident memory of every Python process below this one, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peaks_kib: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for pid in descendants():
+            if pid in self.peaks_kib or _is_python(pid):
+                peak = max(_status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS"))
+                if peak:
+                    self.peaks_kib[pid] = max(self.peaks_kib.get(pid, 0), peak)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> WorkerPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def max_mib(self) -> float:
+        return max(self.peaks_kib.values(), default=0) / 1024.0
+
+
+def one_process_peak(path: str, settings: TilingSettings | None = None, timeout: float = 3600) -> dict[str, Any]:
+    """Tile ``path`` in a fresh process: tiles, seconds, RSS before tiling and peak RSS (MiB)."""
+    settings = settings or TilingSettings()
+    payload = json.dumps(asdict(settings))
+    done = subprocess.run(
+        [sys.executable, "-m", "sparkvision.tiling.profile", path, payload],
+        capture_output=True, text=True, timeout=timeout, check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child(path: str, payload: str) -> dict[str, Any]:
+    from sparkvision.tiling.tiler import iter_tiles
+
+    data = json.loads(payload)
+    for key in ("levels", "window"):
+        if data.get(key) is not None:
+            data[key] = tuple(data[key])
+    settings = TilingSettings(**data)
+    before = _status_kib(os.getpid(), "VmRSS") / 1024.0
+    started = time.perf_counter()
+    tiles = kept = errors = content_bytes = 0
+    for row in iter_tiles(path, settings=settings):
+        tiles += 1
+        kept += row["content"] is not None
+        errors += row["error"] is not None
+        content_bytes += len(row["content"] or b"")
+    seconds = time.perf_counter() - started
+    return {
+        "tiles": tiles, "kept": kept, "errors": errors, "tile_bytes": content_bytes, "seconds": seconds,
+        "rss_before_mib": before, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else json.dumps(asdict(TilingSettings())))))
