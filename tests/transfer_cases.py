@@ -16,14 +16,18 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: imagenette-mini class -> the ImageNet-1k class name (first synonym) the pretrained model must say.
+#: imagenette-mini class -> its ImageNet-1k class name (the line of imagenet_classes.txt).
 IMAGENET_NAMES = {
-    "tench": "tench, Tinca tinca",
+    "cassette_player": "cassette player",
+    "chain_saw": "chain saw, chainsaw",
+    "church": "church, church building",
+    "english_springer": "English springer, English springer spaniel",
+    "french_horn": "French horn, horn",
+    "garbage_truck": "garbage truck, dustcart",
+    "gas_pump": "gas pump, gasoline pump, petrol pump, island dispenser",
     "golf_ball": "golf ball",
     "parachute": "parachute, chute",
-    "church": "church, church building",
-    "garbage_truck": "garbage truck, dustcart",
-    "french_horn": "French horn, horn",
+    "tench": "tench, Tinca tinca",
 }
 
 
