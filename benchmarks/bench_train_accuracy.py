@@ -88,6 +88,20 @@ def train(args: list[str], out: Path) -> dict:
             "command": "sparkvision train " + " ".join(args)}
 
 
+def frozen_baseline(quick: bool, out: Path) -> dict:
+    """The transfer-learning path on the same photos: frozen EfficientNet-Lite0 features + logistic regression."""
+    args = ["--train", str(IMAGENETTE / "train"), "--val", str(IMAGENETTE / "val")]
+    args += ["--glob", "*1.JPEG"] if quick else []
+    cmd = [*CLI, "fit", *args, "--out", str(out), "--overwrite", *SPARK, "-q"]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    validation = json.loads(done.stdout)["validation"]
+    return {"metrics": {"val_top1": validation["accuracy"], "val_top5": validation.get("top5_accuracy")},
+            "wall_s": time.perf_counter() - started, "command": "sparkvision fit " + " ".join(args)}
+
+
 def _descendants(pid: int) -> list[int]:
     found, stack = [], [pid]
     while stack:
@@ -132,6 +146,7 @@ EXPERIMENTS = {
     "mnist5k": lambda quick, work: train(mnist5k_args(quick), work / "mnist5k"),
     "mnist5k_resumed": lambda quick, work: killed_and_resumed(mnist5k_args(quick), work / "mnist5k-resumed"),
     "effnet": lambda quick, work: train(effnet_args(quick), work / "effnet"),
+    "frozen": lambda quick, work: frozen_baseline(quick, work / "frozen"),
 }
 
 
@@ -179,6 +194,13 @@ def _markdown(f: dict, quick: bool) -> str:
         m = f["effnet"]["metrics"]
         rows.append(["EfficientNet-Lite0 fine-tuned (last 3 stages + head), imagenette-mini", "val top-1",
                      f"{m['val_top1']:.4f}", "vs frozen features + LR", f"{f['effnet']['wall_s']:.0f}"])
+    if "frozen" in f:
+        m = f["frozen"]["metrics"]
+        rows.append(["frozen EfficientNet-Lite0 features + logistic regression (`sparkvision fit`)", "val top-1",
+                     f"{m['val_top1']:.4f}", "the baseline", f"{f['frozen']['wall_s']:.0f}"])
+        if "effnet" in f:
+            gap = (f["effnet"]["metrics"]["val_top1"] - m["val_top1"]) * 100
+            rows.append(["fine-tuning minus frozen features", "val top-1", f"{gap:+.2f} points", "> 0", ""])
     body = table(["run", "metric", "result", "target", "wall s"], rows)
     commands = "\n".join(f"- `{v['command']}`" for v in f.values() if isinstance(v, dict) and "command" in v)
     note = " (--quick: a few epochs, not the targets' runs)" if quick else ""
