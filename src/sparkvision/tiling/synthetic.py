@@ -36,13 +36,21 @@ OBJECT, BACKGROUND = "object", "background"
 class PlacedObject:
     x: int  # top-left of the pasted square in scene pixels
     y: int
-    alpha: np.ndarray = field(repr=False)  # float32 (s, s) in [0, 1]
-    colour: np.ndarray = field(repr=False)  # float32 (s, s, 3), 0-255
+    item: np.ndarray = field(repr=False)  # uint8 (s, s): the item scaled up (1 byte a pixel: big scenes stay small)
+    tint: tuple[float, float, float]
     box: tuple[int, int, int, int]  # tight (x, y, w, h) of the visible item
 
     @property
     def size(self) -> int:
-        return self.alpha.shape[0]
+        return self.item.shape[0]
+
+    def alpha(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """Opacity in [0, 1]: opaque items, only the faint outline blends."""
+        return np.clip(self.item[rows, cols].astype(np.float32) / 48.0, 0.0, 1.0)
+
+    def colour(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        shade = 0.45 + 0.55 * self.item[rows, cols].astype(np.float32)[..., None] / 255.0
+        return np.asarray(self.tint, dtype=np.float32)[None, None, :] * shade
 
 
 @dataclass(frozen=True)
@@ -70,15 +78,12 @@ def fashion_items(part: str = "test", classes: tuple[int, ...] = SOLID_CLASSES) 
     return images[np.isin(labels, classes)]
 
 
-def _object(item: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
-    big = np.asarray(Image.fromarray(item).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-    alpha = np.clip(big / 48.0, 0.0, 1.0)  # opaque items; only the faint outline blends
-    tint = rng.uniform(120, 255, size=3).astype(np.float32)
-    shade = 0.45 + 0.55 * np.clip(big, 0, 255)[..., None] / 255.0
-    colour = tint[None, None, :] * shade
-    visible = np.argwhere(alpha > 0.1)
+def _object(item: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple, tuple]:
+    big = np.asarray(Image.fromarray(item).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    tint = tuple(float(v) for v in rng.uniform(120, 255, size=3))
+    visible = np.argwhere(big / 48.0 > 0.1)
     (y0, x0), (y1, x1) = visible.min(axis=0), visible.max(axis=0) + 1
-    return alpha, colour, (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    return big, tint, (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
 
 
 def make_scene(
@@ -109,8 +114,8 @@ def make_scene(
         if any(x < o.x + o.size + gap and o.x < x + size + gap and y < o.y + o.size + gap and o.y < y + size + gap
                for o in placed):
             continue
-        alpha, colour, (bx, by, bw, bh) = _object(items[int(rng.integers(len(items)))], size, rng)
-        placed.append(PlacedObject(x, y, alpha, colour, (x + bx, y + by, bw, bh)))
+        big, tint, (bx, by, bw, bh) = _object(items[int(rng.integers(len(items)))], size, rng)
+        placed.append(PlacedObject(x, y, big, tint, (x + bx, y + by, bw, bh)))
     return SceneSpec(width, height, seed, placed)
 
 
@@ -143,8 +148,8 @@ def render_region(spec: SceneSpec, x0: int, y0: int, w: int, h: int) -> np.ndarr
         ix1, iy1 = min(x0 + w, obj.x + obj.size), min(y0 + h, obj.y + obj.size)
         if ix1 <= ix0 or iy1 <= iy0:
             continue
-        a = obj.alpha[iy0 - obj.y:iy1 - obj.y, ix0 - obj.x:ix1 - obj.x, None]
-        c = obj.colour[iy0 - obj.y:iy1 - obj.y, ix0 - obj.x:ix1 - obj.x]
+        rows, cols = slice(iy0 - obj.y, iy1 - obj.y), slice(ix0 - obj.x, ix1 - obj.x)
+        a, c = obj.alpha(rows, cols)[..., None], obj.colour(rows, cols)
         region = out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
         region[...] = region * (1 - a) + c * a
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -185,7 +190,7 @@ def coverage(spec: SceneSpec, window: tuple[int, int, int, int]) -> float:
         ix0, iy0 = max(x, obj.x), max(y, obj.y)
         ix1, iy1 = min(x + w, obj.x + obj.size), min(y + h, obj.y + obj.size)
         if ix1 > ix0 and iy1 > iy0:
-            covered += int((obj.alpha[iy0 - obj.y:iy1 - obj.y, ix0 - obj.x:ix1 - obj.x] > 0.5).sum())
+            covered += int((obj.alpha(slice(iy0 - obj.y, iy1 - obj.y), slice(ix0 - obj.x, ix1 - obj.x)) > 0.5).sum())
     return covered / float(w * h)
 
 
