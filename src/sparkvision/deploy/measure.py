@@ -53,9 +53,6 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, start: int, stop: int | None = None) -> ImageSet:
-        return ImageSet(self.tensor[start:stop], self.labels[start:stop], self.paths[start:stop], self.source)
-
 
 def read_image_rows(spark, src: str, limit: int, seed: int = 0, offset: int = 0) -> list[tuple[str, str | None, bytes]]:
     """``limit`` rows (path, label, content) of SRC after skipping ``offset``, in a fixed

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparkvision.config import DecodeSettings
-from sparkvision.io.errors import ImageError
 from sparkvision.models.model_dir import ModelCard, load_card, onnx_path
 from sparkvision.models.runtime import OnnxModel
 from sparkvision.preprocess import ImagePreprocessor
@@ -22,12 +20,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
     return shifted
-
-
-@dataclass
-class TopK:
-    labels: list[list[str]]
-    probabilities: list[list[float]]
 
 
 class ServedModel:
@@ -55,7 +47,7 @@ class ServedModel:
         return [self.card.preprocess.channels, height, width]
 
     def preprocess(self, data: bytes) -> np.ndarray:
-        """One image as a (1, C, H, W) float32 tensor; raises :class:`ImageError`."""
+        """One image as a (1, C, H, W) float32 tensor; raises ``sparkvision.io.ImageError``."""
         pixels = self.preprocessor.load(data)
         return self.preprocessor.normalize(pixels[None])
 
@@ -87,5 +79,3 @@ class ServedModel:
             "sparkvision_version": self.card.sparkvision_version,
         }
 
-
-__all__ = ["ImageError", "ServedModel", "softmax"]
