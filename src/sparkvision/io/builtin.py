@@ -180,6 +180,9 @@ def read_builtin(spark: SparkSession, name: str) -> DataFrame:
     MNIST-sized images, 35 rows of 1.6 MB); executors encode the PNGs in parallel.
     """
     parts = load_arrays(name)
-    chunks = spark.createDataFrame(_chunk_frame(parts), schema=_CHUNK_SCHEMA)
+    # From rows, not from pandas: Spark slices a row list over defaultParallelism
+    # partitions, while a pandas frame this small arrives as one Arrow partition.
+    rows = list(_chunk_frame(parts).itertuples(index=False, name=None))
+    chunks = spark.createDataFrame(rows, schema=_CHUNK_SCHEMA)
     encode = partial(_encode_chunks, name=parts[0].name, classes=parts[0].classes)
     return chunks.mapInPandas(encode, IMAGE_SCHEMA)
