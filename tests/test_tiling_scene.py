@@ -54,16 +54,20 @@ def test_tile_and_heatmap_commands_end_to_end(spark, detector, tmp_path, capsys)
     positions = len(grid(1800, 1000, 224, 0.1))
     scenes = tmp_path / "scenes"
     scenes.mkdir()
-    Image.fromarray(render(spec)).save(scenes / "field.png")
+    pixels = render(spec)
+    pixels[700:] = (40, 60, 90)  # a flat strip: the last row of tiles (y 776-1000) is background
+    Image.fromarray(pixels).save(scenes / "field.png")
     (scenes / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 40)
     assert main(["tile", str(scenes), "--out", str(tmp_path / "tiles"), "--skip-background", "2"]) == 0
     tiled = json.loads(capsys.readouterr().out)
     assert tiled["sources"] == 2 and tiled["source_errors"] == 1 and tiled["tiles"] == positions == 45
+    assert tiled["background"] == 9 and tiled["kept"] == 36
 
     assert main(["heatmap", "--tiles", str(tmp_path / "tiles"), "--model", str(detector), "--out",
                  str(tmp_path / "out"), "--background-class", "background", "--keep-tile-predictions"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["images"] == 2 and summary["images_with_errors"] == 1 and summary["scored"] == 45
+    assert summary["images"] == 2 and summary["images_with_errors"] == 1 and summary["scored"] == 36
+    assert summary["background"] == 9 and summary["tile_errors"] == 0
     boxes = json.loads((tmp_path / "out" / "boxes.json").read_text())
     metrics = match_boxes([(b["x"], b["y"], b["w"], b["h"]) for b in boxes], spec.boxes, 0.3)
     assert metrics["recall"] == 1.0

@@ -2,9 +2,9 @@
 
 Tiles carry IMAGE_SCHEMA's columns, so sparkvision's batch prediction entry point
 (:func:`sparkvision.inference.predict.load_model`, any model kind: ``onnx`` or
-``spark_pipeline``) scores them directly. :func:`classify_tiles` runs it on the tiles
-that have bytes and passes background and error rows through with null predictions,
-so background tiles stay background rather than becoming "no content" errors.
+``spark_pipeline``) scores them directly. :func:`classify_tiles` runs it once over all
+tile rows; background rows (no bytes by design) keep null predictions and no error,
+rather than becoming "no content" errors.
 
 :class:`TileClassifier` is the same ONNX model and preprocessing without Spark: the
 one-process path that the tiling benchmark compares Spark against.
@@ -78,21 +78,20 @@ class TileClassifier:
 def classify_tiles(tiles: DataFrame, model_dir: str | Path, batch_size: int | None = None) -> DataFrame:
     """Tile rows (without ``content``) plus ``prediction`` and ``probability`` (the card's label order).
 
-    Runs the shared batch-prediction transformer of the model directory on tiles with
-    bytes; background and error rows pass through with nulls (their error kept).
+    One pass of the shared batch-prediction transformer over every row (tiles computed
+    on the fly are not tiled twice). Background rows have no bytes by design: their
+    null predictions are not errors, so their ``error`` stays null. Rows that arrived
+    with an error keep it.
     """
     from sparkvision.inference.predict import load_model
 
     model = load_model(model_dir, batch_size)
-    columns = [c for c in tiles.columns if c != "content"]
-    has_bytes = F.col("content").isNotNull() & F.col("error").isNull()
-    scored = model.transform(tiles.where(has_bytes)).select(
+    background = F.coalesce(F.col("background"), F.lit(False))
+    columns = [c for c in tiles.columns if c not in ("content", "error")]
+    return model.transform(tiles).select(
         *columns,
-        F.col("prediction").cast(StringType()).alias("prediction"),
-        F.col("probability").cast(ArrayType(DoubleType())).alias("probability"),
+        F.when(background, F.lit(None)).otherwise(F.col("error")).cast(StringType()).alias("error"),
+        F.when(background, F.lit(None)).otherwise(F.col("prediction")).cast(StringType()).alias("prediction"),
+        F.when(background, F.lit(None)).otherwise(F.col("probability"))
+        .cast(ArrayType(DoubleType())).alias("probability"),
     )
-    rest = tiles.where(~has_bytes).select(
-        *columns, F.lit(None).cast(StringType()).alias("prediction"),
-        F.lit(None).cast(ArrayType(DoubleType())).alias("probability"),
-    )
-    return scored.unionByName(rest)
