@@ -80,7 +80,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -123,7 +123,7 @@ class Daemon:
             return self.process.poll() is None
         # Started elsewhere (a state file): the pid must still run a Spark daemon, so a pid
         # the OS has since given to another program is never mistaken for it.
-        return _alive(self.pid) and "org.apache.spark.deploy" in _cmdline(self.pid)
+        return _alive(self.pid) and "org.apache.spark.deploy" in cmdline(self.pid)
 
     def to_dict(self) -> dict[str, Any]:
         return {"role": self.role, "pid": self.pid, "port": self.port, "webui_port": self.webui_port,
@@ -320,7 +320,7 @@ class StandaloneCluster:
         for daemon in self.workers:
             if daemon is None:
                 continue
-            pids += [p for p in descendants(daemon.pid) if "pyspark" in _cmdline(p) or "python" in _cmdline(p)]
+            pids += [p for p in descendants(daemon.pid) if "pyspark" in cmdline(p) or "python" in cmdline(p)]
         return pids
 
 

@@ -28,11 +28,15 @@ def wait_for_executors(spark, count: int, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def run_cli(args: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """A ``sparkvision`` command in its own process, as a user runs it; stdout parsed by the caller."""
+def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("SPARKVISION_CACHE", str(ROOT / ".cache" / "sparkvision"))
-    proc = subprocess.run([*SPARKVISION, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return env
+
+
+def run_cli(args: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """A ``sparkvision`` command in its own process, as a user runs it; stdout parsed by the caller."""
+    proc = subprocess.run([*SPARKVISION, *args], capture_output=True, text=True, timeout=timeout, env=cli_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"sparkvision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
@@ -125,3 +129,12 @@ def failed_tasks(spark, group: str) -> int:
 def same_rows(left, right) -> bool:
     """Two DataFrames hold the same multiset of rows (compared in Spark, nothing collected)."""
     return left.exceptAll(right).limit(1).count() == 0 and right.exceptAll(left).limit(1).count() == 0
+
+
+def wait_cluster_idle(cluster, timeout_s: float = 120.0) -> None:
+    """Until no application holds the cluster's cores (a killed driver's application is removed)."""
+    deadline = time.monotonic() + timeout_s
+    while cluster.status().get("activeapps"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications still hold the cluster: {cluster.status()['activeapps']}")
+        time.sleep(0.5)

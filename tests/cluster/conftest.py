@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cluster_support import wait_for_executors
+from cluster_support import run_cli_inprocess, wait_cluster_idle, wait_for_executors
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(session, config, items):
         message = (f"{len(inside)} cluster tests left out: they need their own process; "
                    "run `pytest tests/cluster` (./scripts/test.sh does)")
         config.issue_config_time_warning(pytest.PytestWarning(message), stacklevel=2)
+        return
+    # Tests that run whole applications as subprocesses need the cluster's cores, which this
+    # process's application holds while it lives: they run last, after it has been stopped.
+    items.sort(key=lambda item: "cluster_released" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +65,36 @@ def cluster_spark(cluster):
     wait_for_executors(spark, cluster.settings.workers)
     yield spark
     spark.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_released(cluster):
+    """The cluster with every core free: this process's application (if any) stopped."""
+    from pyspark import SparkContext
+
+    if SparkContext._active_spark_context is not None:
+        SparkContext._active_spark_context.stop()
+    wait_cluster_idle(cluster)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def model_dir(cluster, cluster_spark, imagenette, tmp_path_factory):
+    """A transfer-learning model fitted on the cluster (10 photos per class), then held fixed."""
+    out = tmp_path_factory.mktemp("cluster-model") / "imagenette"
+    rc = run_cli_inprocess([
+        "fit", "--train", str(imagenette / "train"), "--per-class", "10", "--val", str(imagenette / "val"),
+        "--val-per-class", "4", "--out", str(out), "--master", cluster.master_url,
+    ])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def predictions(cluster, cluster_spark, model_dir, imagenette, tmp_path_factory):
+    """That model's predictions of imagenette-mini/val, computed on the cluster without faults."""
+    out = str(tmp_path_factory.mktemp("cluster-predictions") / "val")
+    rc = run_cli_inprocess(["predict", "--model", str(model_dir), "--input", str(imagenette / "val"),
+                            "--out", out, "--master", cluster.master_url])
+    assert rc == 0
+    return out

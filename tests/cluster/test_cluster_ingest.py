@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 from cluster_support import (
     Background,
-    cli_json,
     executor_count,
     failed_tasks,
-    run_cli,
     run_cli_inprocess,
     same_rows,
     wait_for_executors,
@@ -40,14 +41,15 @@ def test_the_application_runs_one_executor_on_each_worker(cluster, cluster_spark
     assert pids <= under[0] | under[1]
     assert pids & under[0] and pids & under[1]
 
-def test_ingest_on_the_cluster_equals_the_embedded_run(cluster_spark, val_on_cluster, imagenette, tmp_path):
-    embedded = str(tmp_path / "embedded")
-    result = cli_json(run_cli(["ingest", str(imagenette / "val"), "--out", embedded, "--master", "local[2]"]))
-    assert result["rows"] == 400 and result["errors"] == 0
+def test_ingest_on_the_cluster_holds_every_file_once_byte_for_byte(cluster_spark, val_on_cluster, imagenette):
+    # (The embedded run's rows are compared with the cluster's in test_cluster_transfer, through predict.)
     on_cluster = cluster_spark.read.parquet(val_on_cluster)
-    local = cluster_spark.read.parquet(embedded)
-    assert on_cluster.count() == local.count() == 400
-    assert same_rows(on_cluster, local)  # every column, bytes included
+    digests = {r["path"]: (r["label"], r["sha"], r["error"]) for r in on_cluster.select(
+        "path", "label", F.sha2("content", 256).alias("sha"), "error").collect()}  # 400 small rows
+    files = sorted((imagenette / "val").glob("*/*"))
+    expected = {f"file:{f}": (f.parent.name, hashlib.sha256(f.read_bytes()).hexdigest(), None) for f in files}
+    assert on_cluster.count() == len(files) == 400
+    assert digests == expected
 
 
 def test_a_worker_killed_mid_ingest_loses_and_duplicates_nothing(cluster, cluster_spark, val_on_cluster,
@@ -71,3 +73,20 @@ def test_a_worker_killed_mid_ingest_loses_and_duplicates_nothing(cluster, cluste
     # Bring the worker back for the tests that follow; the application gets a new executor on it.
     cluster.start_worker(1)
     wait_for_executors(cluster_spark, 2)
+
+
+def test_ingest_into_an_existing_output_refuses_or_replaces_it_whole(cluster_spark, val_on_cluster, imagenette,
+                                                                     caplog):
+    target = Path(val_on_cluster)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    args = ["ingest", str(imagenette / "val"), "--out", val_on_cluster]
+    assert run_cli_inprocess(args) == 1
+    assert "already exists" in caplog.text
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+
+    assert run_cli_inprocess([*args, "--overwrite"]) == 0
+    new_parts = {p.name for p in target.glob("part-*")}
+    assert new_parts and not (new_parts & set(before)), "files of the old dataset survived the replacement"
+    written = cluster_spark.read.parquet(val_on_cluster)
+    assert written.count() == written.select("path").distinct().count() == 400
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
