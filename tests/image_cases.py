@@ -237,6 +237,8 @@ def build_messy_folder(root: Path, with_bomb: bool = True) -> list[Case]:
     cases.append(Case(b"bad/dangling.jpg", kind="unreadable"))
     os.symlink(os.fsencode(root) + b"/bad/loop.jpg", os.fsencode(root) + b"/bad/loop.jpg")
     cases.append(Case(b"bad/loop.jpg", kind="unreadable"))
+    os.mkfifo(os.fsencode(root) + b"/bad/pipe.jpg")  # reading it would block: must be refused, not read
+    cases.append(Case(b"bad/pipe.jpg", kind="unreadable"))
     if not is_root():
         add("bad/secret.jpg", jpeg, kind="unreadable")
         os.chmod(root / "bad" / "secret.jpg", 0)

@@ -15,11 +15,13 @@ Labels are the first folder level under the root; files directly in the root hav
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -96,10 +98,10 @@ def list_folder(root: str, settings: IngestSettings | None = None, glob: str | N
     while stack:
         folder, top = stack.pop()
         try:
-            stat = os.stat(folder)
-            if (stat.st_dev, stat.st_ino) in seen_dirs:
+            status = os.stat(folder)
+            if (status.st_dev, status.st_ino) in seen_dirs:
                 continue  # a symlink loop
-            seen_dirs.add((stat.st_dev, stat.st_ino))
+            seen_dirs.add((status.st_dev, status.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             log.warning("cannot list %s: %s", _display(folder), exc.strerror)
@@ -111,6 +113,9 @@ def list_folder(root: str, settings: IngestSettings | None = None, glob: str | N
                 is_dir = False
             if is_dir:
                 if is_hidden(_display(entry.name)):
+                    if top is None:
+                        log.warning("skipping folder %r under %s: names starting with '.' or '_' are hidden",
+                                    _display(entry.name), root)
                     continue
                 class_name = entry.name if top is None else top
                 if top is None:
@@ -136,11 +141,20 @@ def _read_local(fs_path: bytes, size: int, max_bytes: int) -> bytes:
     if size > max_bytes:
         raise ImageError(ErrorKind.TOO_LARGE, f"{size:,} bytes exceeds the limit of {max_bytes:,}")
     try:
-        with open(fs_path, "rb") as handle:
+        with open(fs_path, "rb", opener=_open_regular) as handle:
             return handle.read(max_bytes + 1)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ImageError(ErrorKind.UNREADABLE, f"cannot read file ({reason})") from None
+
+
+def _open_regular(path: bytes, flags: int) -> int:
+    """Open without blocking, and refuse anything but a regular file (a FIFO would hang the task)."""
+    fd = os.open(path, flags | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
 
 
 def describe_rows(
@@ -266,6 +280,17 @@ def _depth_ok(path: str, root: str, recursive: bool) -> bool:
     return recursive or path[len(root) + 1:].count("/") <= 1
 
 
+def _unscanned_error(path: str) -> str:
+    if path.startswith("file:"):
+        try:
+            status = os.stat(path[len("file:"):])
+        except OSError as exc:
+            return ImageError(ErrorKind.UNREADABLE, f"cannot read file ({exc.strerror})").message
+        if not stat.S_ISREG(status.st_mode):
+            return ImageError(ErrorKind.UNREADABLE, "cannot read file (not a regular file)").message
+    return ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes").message
+
+
 def _describe_binary_batches(
     batches: Iterator[pd.DataFrame], root: str, max_bytes: int, decode: DecodeSettings, probe: ProbeLevel
 ) -> Iterator[pd.DataFrame]:
@@ -278,8 +303,8 @@ def _describe_binary_batches(
                 errors.append(None)
             elif pd.isna(length):
                 # Listed, but absent from the scan: Spark's scans never produce zero-length
-                # files (or the file vanished after listing).
-                errors.append(ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes").message)
+                # files; on a local disk we can also tell a vanished file or a FIFO apart.
+                errors.append(_unscanned_error(paths[i]))
             elif int(length) > max_bytes:
                 contents[i] = None
                 errors.append(ImageError(
