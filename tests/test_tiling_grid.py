@@ -107,4 +107,5 @@ def test_padding_and_background_statistic():
     padded = pad_tile(tile, 32, 0)
     assert padded.shape == (32, 32, 3) and padded[:10, :20].min() == 7 and padded[10:].max() == 0
     assert tile_std(tile, "RGB") == 0.0
+    assert tile_std(np.broadcast_to(np.array([40, 60, 90], np.uint8), (8, 8, 3)), "RGB") == 0.0  # flat colour
     assert tile_std(np.array([[0, 65535]], np.uint16), "I;16") == pytest.approx(65535 / 2 / 257)

@@ -202,7 +202,7 @@ class TilingSettings:
     #: what lies beyond the edge with ``pad_value``. Images smaller than a tile are padded either way.
     edge: Literal["shift", "pad"] = "shift"
     pad_value: int = 0
-    #: Tiles whose pixel standard deviation (0-255 units) is below this are background:
+    #: Tiles whose largest per-channel pixel standard deviation (0-255 units) is below this are background:
     #: kept as counted rows without bytes. None keeps every tile.
     background_std: float | None = None
     #: How tile bytes are encoded: PNG (lossless, keeps 16-bit grey) or JPEG.

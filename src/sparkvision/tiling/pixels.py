@@ -128,10 +128,14 @@ def box_reduce(arr: np.ndarray, factor: int) -> np.ndarray:
 
 
 def tile_std(arr: np.ndarray, mode: str) -> float:
-    """Standard deviation of a tile's pixels in 0-255 units (the background statistic)."""
+    """The background statistic: the largest per-channel standard deviation, in 0-255 units.
+
+    Per channel, so a flat colour (e.g. water at (40, 60, 90)) counts as uniform.
+    """
     if arr.size == 0:
         return 0.0
-    std = float(arr.std(dtype=np.float64))
+    flat = arr.reshape(-1, arr.shape[2]) if arr.ndim == 3 else arr.reshape(-1, 1)
+    std = float(flat.std(axis=0, dtype=np.float64).max())
     return std / 257.0 if mode == "I;16" else std
 
 

@@ -27,7 +27,7 @@ content       binary  the tile, ``size x size`` at its level, PNG (or JPEG); nul
 format, mode  string  tile encoding and mode (L, RGB, I;16 for 16-bit grey)
 width, height int     tile size in pixels (= ``size``)
 channels      int     1 or 3
-std           double  pixel standard deviation (0-255 units), the background statistic
+std           double  largest per-channel pixel std (0-255 units), the background statistic
 background    bool    skipped by the background filter (counted, no bytes)
 error         string  ``"<kind>: <detail>"`` or null
 metadata      string  JSON of the page: format, compression, GeoTIFF tags as stored, DICOM
