@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-TRAIN_PER_CLASS = 12
+TRAIN_PER_CLASS = 8
 VAL_PER_CLASS = 16
 
 
