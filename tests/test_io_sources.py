@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from image_cases import build_messy_folder, encode, is_root, smooth
@@ -97,6 +103,35 @@ def test_chmod_000_file_is_an_unreadable_row(spark, tmp_path):
             assert len(rows) == 1 and error_kind(rows[0].error) == "unreadable", (kind, rows)
     finally:
         secret.chmod(0o600)
+
+
+@pytest.mark.skipif(not is_root() or not shutil.which("setpriv"), reason="needs root to drop to another user")
+def test_chmod_000_file_read_by_an_unprivileged_user_is_an_unreadable_row():
+    """Root ignores permissions, so the folder reader runs as 'nobody' on a real chmod 000 file."""
+    root = Path(tempfile.mkdtemp(prefix="sv-perm-", dir="/tmp"))
+    try:
+        (root / "cls").mkdir()
+        (root / "cls" / "ok.png").write_bytes(encode(Image.fromarray(smooth(8, 8)), "PNG"))
+        secret = root / "cls" / "secret.png"
+        secret.write_bytes(encode(Image.fromarray(smooth(8, 8)), "PNG"))
+        secret.chmod(0)
+        for folder in (root, root / "cls"):
+            folder.chmod(0o755)
+        script = (
+            "import json, sys\n"
+            "from sparkvision.config import DecodeSettings\n"
+            "from sparkvision.io.sources import _read_listed_batches, list_folder\n"
+            "files = list_folder(sys.argv[1]).files\n"
+            "rows = next(_read_listed_batches(iter([files]), 1 << 20, DecodeSettings(), 'full'))\n"
+            "print(json.dumps(rows[['path', 'error']].to_dict('records')))\n"
+        )
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script, str(root)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        rows = {Path(r["path"]).name: r["error"] for r in json.loads(done.stdout)}
+        assert rows == {"ok.png": None, "secret.png": "unreadable: cannot read file (Permission denied)"}
+    finally:
+        shutil.rmtree(root)
 
 
 def test_listing_rules(messy):

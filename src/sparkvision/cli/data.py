@@ -31,7 +31,9 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         help="comma-separated file extensions to read (default: common image formats)",
     )
     group.add_argument("--no-recursive", action="store_true", help="do not descend below class folders")
-    group.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
+    group.add_argument("--max-pixels", type=int, default=None,
+                       help="refuse images with more pixels than this (decompression bombs; default 89,478,485 "
+                       "or $SPARKVISION_MAX_PIXELS)")
 
 
 def ingest_settings(args: argparse.Namespace) -> IngestSettings:
@@ -91,8 +93,10 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "ingest",
         parents=common,
         help="read images (folder, URI, built-in dataset) into a Parquet dataset",
-        description="Read SRC, check every file, and write a sparkvision Parquet dataset: one row per file, "
-        "bad files kept with their error. Prints counts per class and per error kind.",
+        description="Read SRC, decode every file once to check it, and write a sparkvision Parquet dataset: "
+        "one row per file, bad files kept with their error (empty_file, unreadable, too_large, not_an_image, "
+        "truncated, corrupt, too_many_pixels). Prints JSON with counts per class and per error kind. "
+        "Example: sparkvision ingest photos/ --out /tmp/d",
     )
     ingest.add_argument("src", help="folder (class = sub-folder), Hadoop URI, dataset, or built-in name "
                         "(fashion-mnist, fashion-mnist:train, fashion-mnist:test, mnist-5k, digits)")
