@@ -51,7 +51,7 @@ def spark_peak(path: Path, out: Path, settings: TilingSettings) -> dict:
     from sparkvision.session import get_spark
     from sparkvision.tiling.tiles import list_sources, tile, write_tiles
 
-    spark = get_spark(SparkSettings(master="local[2]", driver_memory="2g", app_name="tiling-memory"))
+    spark = get_spark(SparkSettings(master="local[2]", app_name="tiling-memory"))
     started = time.perf_counter()
     with WorkerPeaks() as peaks:
         manifest = write_tiles(spark, tile(list_sources(spark, str(path)), settings), str(out), overwrite=True)

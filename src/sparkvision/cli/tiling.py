@@ -100,6 +100,9 @@ def _heatmap(args: argparse.Namespace) -> int:
     if heat.background_class is not None and heat.background_class not in card.labels:
         raise ValueError(f"--background-class {heat.background_class!r} is not one of the model's labels {card.labels}")
     if args.tiles is not None:
+        # Spark's vectorized Parquet reader fills 4096 rows per batch: with tile bytes that
+        # is hundreds of MB a task; a few hundred rows keep each batch small.
+        spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "256")
         tiles = read_tiles(spark, args.tiles)
     else:
         tiles = tile(list_sources(spark, args.src, glob=args.glob), tiling_settings(args))

@@ -294,9 +294,9 @@ class TileManifest:
 
 
 def summarize_tiles(frame: DataFrame) -> TileManifest:
-    """Counts of a tile DataFrame (reads only the small columns)."""
+    """Counts of a tile DataFrame (reads only the small columns: ``format`` is set exactly when bytes are)."""
     is_tile = F.col("x").isNotNull()
-    summary = frame.select("source", "level", "x", "background", "error", F.col("content").isNotNull().alias("has")).agg(
+    summary = frame.select("source", "level", "x", "background", "error", F.col("format").isNotNull().alias("has")).agg(
         F.countDistinct("source").alias("sources"),
         F.count(F.when(~is_tile & F.col("error").isNotNull(), 1)).alias("source_errors"),
         F.count(F.when(is_tile, 1)).alias("tiles"),
@@ -308,7 +308,7 @@ def summarize_tiles(frame: DataFrame) -> TileManifest:
         str(r["level"]): {"tiles": int(r["tiles"]), "kept": int(r["kept"]), "background": int(r["background"])}
         for r in frame.where(is_tile).groupBy("level").agg(
             F.count(F.lit(1)).alias("tiles"),
-            F.count(F.when(F.col("content").isNotNull(), 1)).alias("kept"),
+            F.count(F.when(F.col("format").isNotNull(), 1)).alias("kept"),
             F.count(F.when(F.col("background"), 1)).alias("background"),
         ).collect()
     }
