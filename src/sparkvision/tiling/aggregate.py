@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -237,6 +238,8 @@ def write_results(
     if "://" in local:
         raise ValueError(f"heat-map output must be a local directory, got {out}")
     summary: dict[str, Any] = {"out": os.path.abspath(local)}
+    # Written as Parquet, then iterated for the files: computed (tiled, classified) once.
+    images = images.persist(StorageLevel.MEMORY_AND_DISK)
     with fs.atomic_output(spark, "file:" + os.path.abspath(local), overwrite=overwrite) as staging:
         stage_dir = Path(staging[len("file:"):] if staging.startswith("file:") else staging)
         if tile_predictions is not None:
@@ -271,6 +274,7 @@ def write_results(
         box_frame.to_parquet(stage_dir / "boxes.parquet", index=False)
         summary.update(counts, predictions=predictions, boxes=len(boxes), heatmaps=heatmaps, **(extra or {}))
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    images.unpersist()
     return summary
 
 
