@@ -14,7 +14,7 @@ Both are also timed tiling only. Full size adds the must-show memory run: a 20,0
 (``scripts/tiling_memory.py``).
 
     .venv/bin/python benchmarks/run.py tiling            # 4096 px scene + 20k memory run
-    .venv/bin/python benchmarks/run.py tiling --quick    # 1536 px scene, 4096 px memory run
+    .venv/bin/python benchmarks/run.py tiling --quick    # 2048 px scene, 4096 px memory run
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def run(quick: bool = False) -> Result:
 
     work = Path(tempfile.mkdtemp(prefix="bench-tiling-"))
     try:
-        side, objects = (1536, 2) if quick else (4096, 10)
+        side, objects = (2048, 2) if quick else (4096, 10)
         scene = write_tiled_tiff(make_scene(side, side, objects, seed=2), work / "scene.tif")
         warm = write_tiled_tiff(make_scene(1000, 1000, 1, seed=3, object_size=(300, 400)), work / "warm.tif")
         model_dir = work / "model"
