@@ -155,6 +155,8 @@ def test_binary_file_options_match_the_folder_source(spark, messy):
     assert flat.count() == len(list_folder(str(root), IngestSettings(recursive=False)).files)
     rotated = load_images(spark, uri, kind="binaryFile", glob="orientation_*").select("label", "error").collect()
     assert len(rotated) == 8 and {(r.label, r.error) for r in rotated} == {("rotated", None)}
+    globbed = load_images(spark, uri + "/rot*/orientation_[1-4].jpg", kind="binaryFile").select("label").collect()
+    assert [r.label for r in globbed] == ["rotated"] * 4
 
 
 def test_empty_and_missing_roots(spark, tmp_path):
@@ -174,6 +176,14 @@ def test_source_kinds_resolve(spark, tmp_path):
     assert resolve_kind(spark, "file://" + str(tmp_path)) == "folder"
     assert resolve_kind(spark, "hdfs://namenode:8020/images") == "binaryFile"
     assert resolve_kind(spark, "s3a://bucket/images/") == "binaryFile"
+
+
+def test_glob_uris_label_below_the_folder_above_the_glob():
+    from sparkvision.io.sources import _glob_base
+
+    assert _glob_base("s3a://b/photos/*/2024") == "s3a://b/photos"
+    assert _glob_base("file:///data/img/{cat,dog}") == "file:///data/img"
+    assert _glob_base("hdfs://nn:8020/data/") == "hdfs://nn:8020/data/"
 
 
 def test_input_file_uris_become_scan_paths():

@@ -268,6 +268,15 @@ def _label_of(path: str, root: str) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
+def _glob_base(uri: str) -> str:
+    """The folder above the first glob component of a Hadoop path (``s3a://b/photos/*/2024`` -> ``s3a://b/photos``)."""
+    parts = uri.rstrip("/").split("/")
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?[{"):
+            return "/".join(parts[:i])
+    return uri
+
+
 def _hadoop_path(uri: str) -> str:
     """Spark's ``inputFiles()`` URI text (``file:///a%20b``) as its scans print paths (``file:/a b``)."""
     parts = urlsplit(uri)
@@ -332,13 +341,15 @@ def read_binary_files(
     does not fail the job) and, on local disks, names Java cannot represent and
     dangling links. So the rows come from the listing (``inputFiles()``), left-joined
     with a metadata scan (lengths; no file opened) and with the content scan; on
-    ``file:`` URIs a Python walk adds the files Hadoop cannot see at all.
+    ``file:`` URIs a Python walk adds the files Hadoop cannot see at all (not for
+    globbed URIs, whose labels come from the folder above the first glob).
     """
     ingest = ingest or IngestSettings()
     decode = decode or DecodeSettings()
-    root = _qualified_root(spark, uri)
+    base = _glob_base(uri)
+    root = _qualified_root(spark, base)  # labels are the first folder below it
     if not fs.exists(spark, root):
-        raise FileNotFoundError(f"{uri!r} does not exist")
+        raise FileNotFoundError(f"{base!r} does not exist")
     reader = (
         spark.read.format("binaryFile")
         # Always recursive: without it Spark infers partition columns from 'key=value' folders.
@@ -366,7 +377,7 @@ def read_binary_files(
         partial(_describe_binary_batches, root=root, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe),
         IMAGE_SCHEMA,
     )
-    if root.startswith("file:"):
+    if root.startswith("file:") and base == uri:
         unseen = _unseen_local_files(root, set(listed), ingest, glob)
         if len(unseen):
             log.warning("%d files under %s are invisible to Hadoop (dangling links, names that are not UTF-8); "
