@@ -91,23 +91,26 @@ def _tutorial_udf(spark, folder: Path, threads: int) -> float:
 
     from sparkvision.io import load_images
 
-    state: dict = {}
-
     def featurize(content: bytes):
         import io
+        import sys
 
         import torch
         from PIL import Image
 
-        if "model" not in state:
+        # One model per Python worker process, as a module-level global would give
+        # (this function is pickled by value, so a closure variable would not survive tasks).
+        model = getattr(sys, "_bench_tutorial_model", None)
+        if model is None:
             from sparkvision.models.registry import create_model
 
             torch.set_num_threads(threads)
-            state["model"] = create_model("efficientnet_lite0", pretrained=True).eval()
+            model = create_model("efficientnet_lite0", pretrained=True).eval()
+            sys._bench_tutorial_model = model
         img = Image.open(io.BytesIO(content)).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)
         with torch.no_grad():
-            return state["model"].forward_features(x)[0].tolist()
+            return model.forward_features(x)[0].tolist()
 
     udf = F.udf(featurize, ArrayType(FloatType()))
     frame = load_images(spark, str(folder), probe="header")
