@@ -69,6 +69,7 @@ def spark_peak(path: Path, out: Path, settings: TilingSettings) -> dict:
 
 def run(side: int, work: Path, spark: bool = True) -> dict:
     settings = TilingSettings()
+    work.mkdir(parents=True, exist_ok=True)
     scene = work / f"scene-{side}.tif"
     report: dict = {"decoded_mib": side * side * 3 / 2**20, "settings": {"size": settings.size, "overlap": settings.overlap}}
     if not scene.exists():
