@@ -1,7 +1,7 @@
 """Peak memory of tiling, measured where the work runs (used by the memory test, script and benchmark).
 
 * :func:`one_process_peak` tiles a source in a fresh Python process and reports its
-  peak RSS (``ru_maxrss``) next to its RSS just before tiling, so imports are not
+  peak RSS (``VmHWM``) next to its RSS just before tiling, so imports are not
   counted as tiling's.
 * :class:`WorkerPeaks` samples the resident memory of every Python process below this
   one (Spark's Python workers under the JVM) while Spark tiles, and keeps each one's
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -133,7 +132,9 @@ def _child(path: str, payload: str) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     return {
         "tiles": tiles, "kept": kept, "errors": errors, "tile_bytes": content_bytes, "seconds": seconds,
-        "rss_before_mib": before, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would count the
+        # parent's memory at fork time; VmHWM belongs to this process's own address space.
+        "rss_before_mib": before, "peak_rss_mib": _status_kib(os.getpid(), "VmHWM") / 1024.0,
     }
 
 
