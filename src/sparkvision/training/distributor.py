@@ -34,8 +34,10 @@ from sparkvision.training.config import TrainConfig
 from sparkvision.training.data import prepare_sources, read_index
 from sparkvision.training.engine import (
     CHECKPOINT_DIR,
+    RESULT_PATH_ENV,
     TrainJob,
     latest_checkpoint,
+    publish_rank0_result,
     resolve_preprocess,
     run_rank,
 )
@@ -99,19 +101,20 @@ def _progress_tty() -> str | None:
 
 
 class _Rank0Writes:
-    """Wraps a rank function so rank 0 also pickles its return value to ``path``."""
+    """Wraps a rank function so rank 0 also pickles its return value to ``path``.
+
+    A rank function may publish its result itself before its last collective
+    (:func:`.engine.publish_rank0_result`), so the file exists before any rank can exit.
+    """
 
     def __init__(self, fn: Callable[..., Any], path: str) -> None:
         self.fn = fn
         self.path = path
 
     def __call__(self, *args: Any) -> Any:
+        os.environ[RESULT_PATH_ENV] = self.path
         value = self.fn(*args)
-        if int(os.environ.get("RANK", "0")) == 0:
-            tmp = f"{self.path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as handle:
-                pickle.dump(value, handle)
-            os.replace(tmp, self.path)
+        publish_rank0_result(value)
         return value
 
 
@@ -145,10 +148,19 @@ def run_on_ranks(fn: Callable[..., Any], *args: Any, workers: int, local_mode: b
         if result_dir:
             target = _Rank0Writes(fn, os.path.join(result_dir, "rank0.pickle"))
         # TorchDistributor echoes every rank's output to stdout; stdout is for results.
-        with contextlib.redirect_stdout(sys.stderr):
-            returned = distributor.run(target, *args)
-        if result_dir:
-            with open(os.path.join(result_dir, "rank0.pickle"), "rb") as handle:
+        result_path = os.path.join(result_dir, "rank0.pickle") if result_dir else None
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                returned = distributor.run(target, *args)
+        except Exception as exc:
+            # Rank 0 publishes only after its work is complete: a process that then failed in
+            # its own teardown (gloo can abort at exit) does not undo a finished run.
+            if result_path is None or not os.path.exists(result_path):
+                raise
+            log.warning("a training process failed after rank 0 had finished (%s); using rank 0's result",
+                        _failure_summary(exc))
+        if result_path:
+            with open(result_path, "rb") as handle:
                 returned = pickle.load(handle)
     finally:
         if result_dir:

@@ -23,6 +23,7 @@ import io
 import logging
 import math
 import os
+import pickle
 import random
 import sys
 import threading
@@ -268,6 +269,20 @@ def _write_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
 
 # -- the rank function --------------------------------------------------------------------
 
+RESULT_PATH_ENV = "SPARKVISION_RANK0_RESULT"
+
+
+def publish_rank0_result(value: Any) -> None:
+    """On rank 0, pickle ``value`` to the file named by ``$SPARKVISION_RANK0_RESULT`` (once)."""
+    path = os.environ.get(RESULT_PATH_ENV)
+    if not path or int(os.environ.get("RANK", "0")) != 0 or os.path.exists(path):
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        pickle.dump(value, handle)
+    os.replace(tmp, path)
+
+
 def run_rank(job: TrainJob) -> dict[str, Any] | None:
     """Train on this rank's shard; rank 0 returns the result (and writes every file)."""
     rank = int(os.environ.get("RANK", "0"))
@@ -293,7 +308,13 @@ def run_rank(job: TrainJob) -> dict[str, Any] | None:
     try:
         if world > 1:
             dist.init_process_group("nccl" if job.use_gpu else "gloo")
-        return _train(job, rank, world, device)
+        result = _train(job, rank, world, device)
+        publish_rank0_result(result)
+        if world > 1:
+            # No rank leaves before rank 0 has written the model directory and its result:
+            # a rank that exits early (or dies in its own teardown) makes torchrun stop the rest.
+            dist.barrier()
+        return result
     except Exception as exc:
         # One line per failed rank; the driver turns the failure into one error with advice.
         log.error("rank %d failed: %s: %s", rank, type(exc).__name__, exc)
