@@ -4,6 +4,9 @@
     .venv/bin/python benchmarks/run.py --quick    # small sizes, to check they run
     .venv/bin/python benchmarks/run.py decode     # only the ones whose name contains 'decode'
 
+Each run keeps its figures in ``results/NAME.json`` and ``results/NAME.md``; BENCHMARKS.md
+is assembled from the latest section of every benchmark.
+
 Each ``benchmarks/bench_*.py`` module defines ``TITLE`` and ``run(quick: bool) -> Result``.
 Figures that are compared are measured side by side in the same run, and reported
 as ratios; absolute times on a shared 2-core machine mean little on their own.
@@ -60,26 +63,31 @@ def main(argv: list[str] | None = None) -> int:
     modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
     if args.only:
         modules = [m for m in modules if any(o in m for o in args.only)]
-    sections: list[str] = []
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
     for name in modules:
         module = importlib.import_module(name)
         log.info("running %s", name)
         started = time.perf_counter()
         result: Result = module.run(quick=args.quick)
         elapsed = time.perf_counter() - started
-        (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / f"{name}.json").write_text(json.dumps(result.figures, indent=2, default=str) + "\n")
-        sections.append(f"## {module.TITLE}\n\n_`benchmarks/{name}.py`, {elapsed:.0f} s_\n\n{result.markdown.strip()}\n")
+        (results / f"{name}.json").write_text(json.dumps(result.figures, indent=2, default=str) + "\n")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        (results / f"{name}.md").write_text(
+            f"## {module.TITLE}\n\n_`benchmarks/{name}.py`, {elapsed:.0f} s, finished {stamp}"
+            f"{', --quick sizes' if args.quick else ''}_\n\n{result.markdown.strip()}\n"
+        )
+    # BENCHMARKS.md holds the latest result of every benchmark, so one can be rerun alone.
+    sections = [(results / f"{p.stem}.md").read_text() for p in sorted(HERE.glob("bench_*.py"))
+                if (results / f"{p.stem}.md").exists()]
     header = (
         "# Benchmarks\n\n"
-        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}"
-        f"{' (--quick sizes)' if args.quick else ''}.\n"
-        "Regenerate with `.venv/bin/python benchmarks/run.py`. Compared figures come from the same run; "
+        f"Machine: {machine()}.\n"
+        "Regenerate with `.venv/bin/python benchmarks/run.py` (or name benchmarks to rerun just those; "
+        "each section says when it ran). Compared figures come from the same run; "
         "read the ratios, not the absolute times.\n"
     )
     out = Path(args.out)
-    if args.only and out.exists():
-        out = out.with_name(out.stem + "." + "-".join(args.only) + ".md")
     out.write_text(header + "\n" + "\n".join(sections))
     log.info("wrote %s", out)
     return 0
