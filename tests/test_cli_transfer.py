@@ -41,6 +41,13 @@ def test_fit_then_predict_end_to_end(imagenette, tmp_path):
     assert len(table) == 6 and len({r["path"] for r in table}) == 6
     assert sorted(r["error"].split(":")[0] for r in table if r["error"]) == sorted(kinds.values())
     assert all(r["prediction"] in CLASSES and len(r["probability"]) == 3 for r in table if not r["error"])
+    # The probability order travels with the predictions: evaluate needs no --model for it.
+    assert json.loads((out / "_sparkvision.json").read_text())["labels"] == CLASSES
+    judged = run_cli("evaluate", "--predictions", str(out), "--out", str(tmp_path / "report"))
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    metrics = json.loads(judged.stdout)
+    assert metrics["source"]["labels_from"].endswith("_sparkvision.json") and metrics["error_rows"] == 3
+    assert metrics["top_k"] and metrics["log_loss"] is not None
 
     again = run_cli("predict", "--model", str(model), "--input", str(photos), "--out", str(out))
     assert again.returncode == 1 and "already exists" in again.stderr

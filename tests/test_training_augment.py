@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparkvision.config.training import AugmentConfig
 from sparkvision.training.augment import (
     BatchAugmenter,
     affine_theta,
@@ -24,7 +25,6 @@ from sparkvision.training.augment import (
     sample_resized_crops,
     warp,
 )
-from sparkvision.training.config import AugmentConfig
 
 EVERYTHING = AugmentConfig(
     crop_prob=1.0, hflip_prob=0.5, rotation_degrees=15, brightness=0.3, contrast=0.3, saturation=0.3,

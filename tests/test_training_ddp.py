@@ -81,7 +81,7 @@ def test_only_rank_zeros_result_comes_back(spark):
 
 
 def test_shards_are_disjoint_balanced_and_skip_bad_rows_loudly(digits_ds):
-    from sparkvision.training.config import ModelConfig
+    from sparkvision.config.training import ModelConfig
     from sparkvision.training.data import load_shard, read_index
     from sparkvision.training.engine import resolve_preprocess
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparkvision.training.config import LossConfig
+from sparkvision.config.training import LossConfig
 from sparkvision.training.losses import FocalLoss, balanced_weights, build_loss
 
 # Two classes with p = (1/4, 3/4): logits (0, ln 3).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sparkvision.config.training import ModelConfig
 from sparkvision.models.registry import create_model, get_spec
-from sparkvision.training.config import ModelConfig
 from sparkvision.training.engine import build_model, resolve_preprocess
 
 

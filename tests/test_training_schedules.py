@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sparkvision.training.config import OptimizerConfig, ScheduleConfig, TrainConfig, preset
+from sparkvision.config.training import OptimizerConfig, ScheduleConfig, TrainConfig, preset
 from sparkvision.training.schedules import build_optimizer, build_scheduler, lr_curve
 
 SGD = OptimizerConfig(name="sgd", lr=0.4, momentum=0.0)

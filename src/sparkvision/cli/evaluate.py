@@ -10,12 +10,10 @@ from pathlib import Path
 
 from sparkvision.cli.common import emit, spark_from_args
 from sparkvision.config import EvaluationSettings
+from sparkvision.inference.predict import PREDICTIONS_MARKER
 from sparkvision.progress import spark_progress
 
 log = logging.getLogger(__name__)
-
-#: A marker some writers leave next to Parquet output; ``labels`` in it is the probability order.
-PREDICTIONS_MARKER = "_sparkvision.json"
 
 
 def resolve_labels(spark, args: argparse.Namespace) -> tuple[list[str], str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sparkvision.cli.common import emit, spark_from_args
 from sparkvision.cli.data import add_source_options, decode_settings, read_source
-from sparkvision.training.config import PRESETS, TrainConfig, apply_overrides, preset
+from sparkvision.config.training import PRESETS, TrainConfig, apply_overrides, preset
 
 log = logging.getLogger(__name__)
 

@@ -148,7 +148,7 @@ def torch_model(model_dir: str | Path, card: ModelCard | None = None) -> nn.Modu
 
 
 def _from_checkpoint(model_dir: Path, card: ModelCard) -> nn.Module:
-    from sparkvision.training.config import TrainConfig
+    from sparkvision.config.training import TrainConfig
     from sparkvision.training.engine import build_model, latest_checkpoint
 
     path = latest_checkpoint(model_dir)

@@ -28,6 +28,7 @@ multiplicity) on the written files before they are moved into place.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,7 +169,14 @@ def predict(
         with spark_progress(spark, "check"):
             rows = check_every_row_once(frame.select(PATH), written.select(PATH))
         summary = _summarize(written, rows)
+        # `evaluate` reads the probability order from here when it is not given --model.
+        fs.write_text(spark, staging.rstrip("/") + "/" + PREDICTIONS_MARKER, json.dumps(
+            {"model": str(model.model_dir), "kind": model.card.kind, "labels": model.labels}, indent=2))
     return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, **summary)
+
+
+#: Written next to the Parquet parts; ``labels`` in it is the ``probability`` order.
+PREDICTIONS_MARKER = "_sparkvision.json"
 
 
 def _summarize(written: DataFrame, rows: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ See :mod:`.config` for every setting, :mod:`.engine` for what each rank does and
 :mod:`.distributor` for how ranks are launched.
 """
 
-from sparkvision.training.config import (
+from sparkvision.config.training import (
     PRESETS,
     AugmentConfig,
     CheckpointConfig,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparkvision.training.config import AugmentConfig
+from sparkvision.config.training import AugmentConfig
 
 
 def affine_theta(

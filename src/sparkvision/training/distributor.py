@@ -30,7 +30,7 @@ from typing import Any
 
 from sparkvision import __version__
 from sparkvision.config import DecodeSettings
-from sparkvision.training.config import TrainConfig
+from sparkvision.config.training import TrainConfig
 from sparkvision.training.data import prepare_sources, read_index
 from sparkvision.training.engine import (
     CHECKPOINT_DIR,

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sparkvision.config import DecodeSettings, PreprocessConfig
-from sparkvision.training.config import ModelConfig, TrainConfig
+from sparkvision.config.training import ModelConfig, TrainConfig
 
 log = logging.getLogger("sparkvision.training")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparkvision.training.config import LossConfig
+from sparkvision.config.training import LossConfig
 
 
 def balanced_weights(counts: Sequence[int]) -> list[float]:

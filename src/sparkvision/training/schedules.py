@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-from sparkvision.training.config import OptimizerConfig, ScheduleConfig
+from sparkvision.config.training import OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(groups: Iterable[dict[str, Any]], config: OptimizerConfig) -> Optimizer:

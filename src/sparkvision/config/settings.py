@@ -1,8 +1,8 @@
-"""Every tunable of sparkvision in one typed place.
+"""Settings of ingestion, Spark, transfer learning, evaluation, tiling and deployment.
 
 Other modules take these dataclasses instead of loose literals, so a default
 changes here and nowhere else. Environment variables (``SPARKVISION_*``) are
-read only in this module.
+read only in this package.
 """
 
 from __future__ import annotations
