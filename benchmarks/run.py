@@ -55,14 +55,17 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("only", nargs="*", help="run benchmarks whose module name contains one of these")
+    parser.add_argument("only", nargs="*", help="benchmarks to run: an exact name (train = bench_train), else every name containing it")
     parser.add_argument("--quick", action="store_true", help="small sizes: checks that benchmarks run")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown file to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
     if args.only:
-        modules = [m for m in modules if any(o in m for o in args.only)]
+        # An exact name (with or without "bench_") picks that one; otherwise a substring picks all it is in.
+        modules = [m for m in modules
+                   if any(o in (m, m.removeprefix("bench_")) or (o not in modules and f"bench_{o}" not in modules
+                                                                and o in m) for o in args.only)]
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     for name in modules:
