@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from sparkvision.cli.common import emit, spark_from_args
 from sparkvision.config import MeasureSettings, PruneSettings, QuantizeSettings, ServeSettings
+from sparkvision.config.training import FINE_TUNE_PRUNED
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def _optimize(args: argparse.Namespace) -> int:
                       threads=args.threads, bench_images=args.bench_images)
     request = OptimizeRequest(
         int8=args.int8, prune=PruneSettings(amount=args.prune) if args.prune is not None else None,
+        fine_tune=_fine_tune(args),
         quantize=quantize, measure=measure, calibration=args.calibration, val=args.val, force=args.force,
         overwrite=args.overwrite,
     )
@@ -38,6 +40,31 @@ def _optimize(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     emit({"written": True, "out": args.out, **report.to_dict()})
     return 0
+
+
+def _fine_tune(args: argparse.Namespace):
+    """The --fine-tune-* flags as a request: FINE_TUNE_PRUNED, then the flags given."""
+    if not args.fine_tune_train:
+        given = [f for f in ("fine_tune_val", "fine_tune_epochs", "fine_tune_lr", "fine_tune_batch_size",
+                             "fine_tune_workers", "fine_tune_val_fraction") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --fine-tune-train SRC")
+        return None
+    from sparkvision.config.training import FINE_TUNE_PRUNED, TrainConfig, apply_overrides
+    from sparkvision.deploy.prune import FineTuneRequest
+
+    config = apply_overrides(TrainConfig(), FINE_TUNE_PRUNED)
+    flags = {"epochs": args.fine_tune_epochs, "batch_size": args.fine_tune_batch_size, "seed": args.fine_tune_seed,
+             "optimizer": {"lr": args.fine_tune_lr}, "scaling": {"workers": args.fine_tune_workers},
+             "data": {"val_fraction": args.fine_tune_val_fraction}}
+    overrides = {}
+    for key, value in flags.items():
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        if value not in (None, {}):
+            overrides[key] = value
+    return FineTuneRequest(train=args.fine_tune_train, val=args.fine_tune_val,
+                           config=apply_overrides(config, overrides))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -82,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         help="int8-quantise and/or prune a model directory, measured against the original",
         description="Make MODEL_DIR smaller and faster: --prune AMOUNT zeroes that fraction of the output channels "
         "of every convolution (torch.nn.utils.prune, L2), --int8 quantises statically with ONNX Runtime "
-        "(QDQ, per-channel int8 weights, uint8 activations, calibrated on --calibration images). The result is "
+        "(QDQ, per-channel int8 weights, uint8 activations, calibrated on --calibration images); --fine-tune-train "
+        "SRC fine-tunes the pruned network through the training engine first. The result is "
         "measured against the original on validation images: top-1 agreement, accuracy, size, images/second. "
         "It is written to --out only if accuracy drops at most --max-accuracy-drop points (unless --force); "
         "the report goes to OUT/optimization.json and stdout. Exit code 3: refused.",
@@ -101,6 +129,22 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                           help="dynamic quantisation instead (no calibration; measured very slow for CNNs)")
     optimize.add_argument("--prune", type=float, default=None, metavar="AMOUNT",
                           help="fraction of output channels to zero in each convolution, e.g. 0.3")
+    tune = optimize.add_argument_group(
+        "fine-tuning after --prune (through the training engine, like 'sparkvision train'; pruned channels stay zero)")
+    tune.add_argument("--fine-tune-train", metavar="SRC",
+                      help="fine-tune the pruned network on these labelled images (classes must be the model's)")
+    tune.add_argument("--fine-tune-val", metavar="SRC",
+                      help="validation images for fine-tuning's best-epoch choice (keep them apart from --val)")
+    tune.add_argument("--fine-tune-val-fraction", type=float, default=None, metavar="F",
+                      help="carve that validation part out of --fine-tune-train instead")
+    tune.add_argument("--fine-tune-epochs", type=int, default=None,
+                      help=f"epochs (default {FINE_TUNE_PRUNED['epochs']})")
+    tune.add_argument("--fine-tune-lr", type=float, default=None,
+                      help=f"SGD learning rate, cosine schedule (default {FINE_TUNE_PRUNED['optimizer']['lr']})")
+    tune.add_argument("--fine-tune-batch-size", type=int, default=None,
+                      help=f"global batch size (default {FINE_TUNE_PRUNED['batch_size']})")
+    tune.add_argument("--fine-tune-workers", type=int, default=None, help="data-parallel ranks (default 1)")
+    tune.add_argument("--fine-tune-seed", type=int, default=None, help="seed of the fine-tuning run (default 42)")
     optimize.add_argument("--val", metavar="SRC", help="labelled validation images to measure on")
     optimize.add_argument("--val-images", type=int, default=m.val_images,
                           help=f"at most this many validation images (default {m.val_images})")

@@ -34,6 +34,15 @@ class ModelConfig:
     #: ``model``: the registry's mean/std; ``data``: the training set's per-channel
     #: mean/std (as the BigDL LeNet example does), written into the model card.
     normalize: Literal["model", "data"] = "model"
+    #: Start from these weights instead of the registry's: a file written by
+    #: ``torch.save`` holding a whole ``nn.Module`` (any network, e.g. a pruned model
+    #: directory's), a state dict of ``arch``, or a sparkvision checkpoint. Every rank
+    #: reads it, so on a cluster it must be on storage all executors see.
+    init_from: str | None = None
+    #: Convolution output channels whose filters are all zero in the starting weights
+    #: (pruned channels) stay exactly zero: their masks are re-applied after every
+    #: optimiser step, so fine-tuning a pruned network keeps it pruned.
+    keep_pruned: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,6 +251,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": {"name": "decay", "decay": 0.0002},
         "loss": {"name": "cross_entropy"},
     },
+}
+
+#: Fine-tuning a pruned network (``optimize --prune --fine-tune-train``), applied over the
+#: defaults: a few epochs at a small learning rate, every layer at the same rate (the
+#: pruned backbone is what must recover), pruned channels held at zero.
+FINE_TUNE_PRUNED: dict[str, Any] = {
+    "epochs": 3,
+    "batch_size": 32,
+    "model": {"pretrained": False, "backbone_lr_mult": 1.0, "keep_pruned": True},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
+    "schedule": {"name": "cosine"},
 }
 
 

@@ -1,6 +1,7 @@
 """``sparkvision optimize``: prune and/or quantise a model directory, measure, and write it only if it holds up.
 
-Steps: rebuild and prune the torch model (``--prune``), export to ONNX, quantise to
+Steps: rebuild and prune the torch model (``--prune``), optionally fine-tune it through
+the training engine with the pruned channels held at zero (``--fine-tune-train``), export to ONNX, quantise to
 int8 (``--int8``, calibration images read through the ingestion layer), then measure
 the result against the original on validation images. The optimised model directory
 (kind ``onnx``: it serves without Spark) gets ``model.onnx``, the original's labels and
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import MeasureSettings, PruneSettings, QuantizeSettings
 from sparkvision.deploy.export import HEAD_FILE, copy_model_dir
@@ -31,6 +32,9 @@ from sparkvision.deploy.measure import (
 )
 from sparkvision.models.model_dir import ONNX_FILE, ModelCard, load_card, onnx_path, save_card
 
+if TYPE_CHECKING:  # prune imports torch; the CLI imports this module before it needs torch
+    from sparkvision.deploy.prune import FineTuneRequest
+
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "optimization.json"
@@ -42,6 +46,8 @@ class OptimizeRequest:
 
     int8: bool = False
     prune: PruneSettings | None = None
+    #: Fine-tune after pruning (through ``sparkvision.training.fit``); needs ``prune``.
+    fine_tune: FineTuneRequest | None = None
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     calibration: str | None = None
@@ -53,6 +59,8 @@ class OptimizeRequest:
         return {
             "int8": asdict(self.quantize) if self.int8 else None,
             "prune": asdict(self.prune) if self.prune else None,
+            "fine_tune": ({"train": self.fine_tune.train, "val": self.fine_tune.val,
+                           "config": self.fine_tune.train_config().to_dict()} if self.fine_tune else None),
             "calibration_source": self.calibration,
         }
 
@@ -89,11 +97,19 @@ def _images(spark, request: OptimizeRequest, card: ModelCard) -> tuple[ImageSet 
 
 def optimize_model(spark, model_dir: str | Path, out_dir: str | Path, request: OptimizeRequest) -> OptimizationReport:
     """Optimise ``model_dir`` into ``out_dir``; raises ``AccuracyDropError`` (nothing written) when refused."""
-    from sparkvision.deploy.prune import export_pruned, gzip_size, prune_channels, torch_model
+    from sparkvision.deploy.prune import (
+        export_pruned,
+        fine_tune_pruned,
+        gzip_size,
+        prune_channels,
+        torch_model,
+    )
     from sparkvision.deploy.quantize import quantize_model
 
     if not request.int8 and request.prune is None:
         raise ValueError("nothing to do: pass --int8 and/or --prune AMOUNT")
+    if request.fine_tune is not None and request.prune is None:
+        raise ValueError("fine-tuning is for a pruned model: pass --prune AMOUNT with --fine-tune-train")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if model_dir.resolve() == out_dir.resolve():
         raise ValueError("--out must be a new directory, not the model being optimised")
@@ -112,14 +128,30 @@ def optimize_model(spark, model_dir: str | Path, out_dir: str | Path, request: O
             model = torch_model(model_dir, card)
             summary = prune_channels(model, request.prune)
             current = export_pruned(model, Path(tmp) / "pruned.onnx", card)
+            pruned_only = current
+            fine_tune = None
+            if request.fine_tune is not None:
+                fine_tune = fine_tune_pruned(spark, model, card, request.fine_tune, Path(tmp) / "fine-tune")
+                current = export_pruned(model, Path(tmp) / "fine-tuned.onnx", card)
             details["prune"] = {**summary.to_dict(), "gzip_bytes_before": gzip_size(fp32),
                                 "gzip_bytes_after": gzip_size(current),
-                                "finetuned": False}
+                                "finetuned": fine_tune is not None,
+                                **({"fine_tune": fine_tune} if fine_tune else {})}
         if request.int8:
             current = quantize_model(current, Path(tmp) / "int8.onnx", request.quantize,
                                      calibration.tensor if calibration is not None else None)
             details["int8"] = {"calibration_images_used": len(calibration) if calibration is not None else 0}
-        measured = measure_models({"baseline": fp32, "optimized": current}, val, card.labels, request.measure)
+        models = {"baseline": fp32, "optimized": current}
+        if request.fine_tune is not None:
+            models["pruned, before fine-tuning"] = pruned_only
+        measured = measure_models(models, val, card.labels, request.measure)
+        if request.fine_tune is not None:
+            # What pruning cost and what fine-tuning won back, on the same images.
+            details["prune"]["accuracy"] = {
+                "before": measured["baseline"].accuracy,
+                "after_prune": measured["pruned, before fine-tuning"].accuracy,
+                "after_fine_tune" + ("_and_int8" if request.int8 else ""): measured["optimized"].accuracy,
+            }
         optimization = request.describe()
         for key, extra in details.items():
             optimization[key] = {**(optimization.get(key) or {}), **extra}

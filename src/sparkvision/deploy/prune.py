@@ -7,9 +7,12 @@ so ONNX Runtime does the same arithmetic (zeros compress: the gzip size shrinks,
 speed does not). What pruning costs in accuracy is measured like every optimisation
 (:mod:`sparkvision.deploy.measure`).
 
-Fine-tuning after pruning would recover accuracy; ``sparkvision.training`` builds its
-networks from the registry and has no entry point yet that starts from given weights
-and keeps pruning masks, so it is not wired here (README "Deployment").
+Fine-tuning afterwards (:func:`fine_tune_pruned`) recovers accuracy: the pruned module
+is saved with ``torch.save`` and trained by :func:`sparkvision.training.fit` like any
+``sparkvision train`` run (TorchDistributor ranks, checkpoints, a model directory),
+starting from its weights (``ModelConfig.init_from``) with the pruned channels held at
+zero after every optimiser step (``ModelConfig.keep_pruned``); rank 0's exported weights
+are loaded back and checked to be pruned still.
 
 The torch model of a model directory is rebuilt from what the directory records:
 a registered pretrained backbone (``export_registered``), a backbone + exported MLlib
@@ -113,6 +116,13 @@ class HeadOnBackbone(nn.Module):
                 layers.append(nn.Sigmoid())
         self.head = nn.Sequential(*layers)
 
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def stages(self) -> list[nn.Module]:
+        """The backbone's stages, so fine-tuning can freeze the early ones."""
+        return self.backbone.stages() if hasattr(self.backbone, "stages") else []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(x)
         if self.feature_output.endswith("logits"):
@@ -186,3 +196,72 @@ def export_pruned(model: nn.Module, out_path: str | Path, card: ModelCard) -> Pa
 
     height, width = card.preprocess.size
     return export_onnx(model, out_path, (card.preprocess.channels, height, width), with_features=False)
+
+
+# ---------------------------------------------------------------- fine-tuning after pruning
+
+
+@dataclass
+class FineTuneRequest:
+    """Where to fine-tune a pruned model, and how (a :class:`TrainConfig`; its model part
+    is filled in from the pruned network)."""
+
+    train: str
+    val: str | None = None
+    config: Any = None  # TrainConfig; default FINE_TUNE_PRUNED over the defaults
+
+    def train_config(self):
+        from sparkvision.config.training import FINE_TUNE_PRUNED, TrainConfig, apply_overrides
+
+        return self.config if self.config is not None else apply_overrides(TrainConfig(), FINE_TUNE_PRUNED)
+
+
+def zero_channel_sets(model: nn.Module) -> dict[str, set[int]]:
+    """Output channels with an all-zero filter, per convolution."""
+    return {
+        name: set(np.flatnonzero(conv.weight.detach().flatten(1).abs().sum(dim=1).numpy() == 0).tolist())
+        for name, conv in prunable_convs(model, include_depthwise=True)
+    }
+
+
+def fine_tune_pruned(spark, model: nn.Module, card: ModelCard, request: FineTuneRequest,
+                     work_dir: str | Path) -> dict[str, Any]:
+    """Fine-tune the pruned ``model`` in place through :func:`sparkvision.training.fit`.
+
+    The network's outputs keep the card's label order and its inputs the card's
+    preprocessing. Raises if a pruned channel came back non-zero.
+    """
+    from dataclasses import replace
+
+    from sparkvision.training.distributor import fit
+    from sparkvision.training.engine import trained_weights
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = work_dir / "pruned-module.pt"
+    torch.save(model, start)
+    pruned = zero_channel_sets(model)
+    config = request.train_config()
+    config = replace(config, model=replace(config.model, arch=card.architecture or card.name, init_from=str(start),
+                                           keep_pruned=True, normalize="model"))
+    out = work_dir / "fine-tune"
+    log.info("fine-tuning the pruned model on %s for %d epochs", request.train, config.epochs)
+    result = fit(spark, config, train=request.train, val=request.val, out=str(out), name=f"{card.name}-fine-tune",
+                 overwrite=True, labels=list(card.labels), preprocess=card.preprocess)
+    model.load_state_dict(trained_weights(out, config))
+    model.eval()
+    after = zero_channel_sets(model)
+    lost = {name: sorted(chans - after[name]) for name, chans in pruned.items() if chans - after[name]}
+    if lost:
+        raise RuntimeError(f"fine-tuning un-pruned channels {lost}; the pruned masks were not kept")
+    metrics = result.metrics
+    return {
+        "train_source": request.train, "val_source": request.val, "epochs": config.epochs,
+        "epochs_run": metrics.get("epochs_run"), "exported_epoch": metrics.get("exported_epoch"),
+        "batch_size": config.batch_size, "optimizer": config.optimizer.name, "lr": config.optimizer.lr,
+        "schedule": config.schedule.name, "workers": metrics.get("workers"),
+        "val_top1": metrics.get("val_top1"), "train_top1": metrics.get("train_top1"),
+        "channels_kept_zero": sum(len(c) for c in pruned.values()),
+        "history": [{k: h.get(k) for k in ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1")
+                     if k in h} for h in result.history],
+    }

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision import __version__
-from sparkvision.config import DecodeSettings
+from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.config.training import TrainConfig
 from sparkvision.training.data import prepare_sources, read_index
 from sparkvision.training.engine import (
@@ -179,12 +179,18 @@ def fit(
     overwrite: bool = False,
     decode: DecodeSettings | None = None,
     source_reader=None,
+    labels: list[str] | None = None,
+    preprocess: PreprocessConfig | None = None,
 ) -> TrainResult:
     """Train ``config.model.arch`` on ``train`` and write a model directory to ``out``.
 
     ``train``/``val``/``test`` are any SRC (built-in name, dataset, folder, URI);
     ``source_reader(src) -> DataFrame`` overrides how non-dataset sources are read
     (the CLI passes its --glob/--extensions options this way).
+
+    A network given by ``config.model.init_from`` has its own output order and input
+    preprocessing: pass them as ``labels`` (the model card's) and ``preprocess``, else
+    classes are the data's, sorted, and preprocessing is the architecture's.
     """
     out = _local_path(out)
     _prepare_out(out, config, overwrite)
@@ -197,7 +203,14 @@ def fit(
     classes = sorted(counts)
     if len(classes) < 2:
         raise ValueError(f"training needs at least 2 classes with usable rows in {train}, found {classes}")
-    preprocess = resolve_preprocess(config.model)
+    if labels is not None:
+        unknown = sorted(set(classes) - set(labels))
+        if unknown:
+            raise ValueError(f"classes {unknown} of {train} are not among the model's labels {list(labels)}")
+        classes = list(labels)
+    if preprocess is not None and config.model.normalize == "data":
+        raise ValueError("a given preprocessing and normalize='data' contradict each other")
+    preprocess = preprocess or resolve_preprocess(config.model)
 
     master = spark.sparkContext.master
     local_mode = config.scaling.local_mode if config.scaling.local_mode is not None else master.startswith("local")
@@ -217,7 +230,7 @@ def fit(
 
     job = TrainJob(
         config=config, train_uri=prepared.train, val_uri=prepared.val, test_uri=prepared.test, classes=classes,
-        class_counts=[counts[c] for c in classes], preprocess=preprocess, out_dir=out,
+        class_counts=[counts.get(c, 0) for c in classes], preprocess=preprocess, out_dir=out,
         name=name or Path(out).name, use_gpu=bool(use_gpu), threads=threads, decode=decode or DecodeSettings(),
         provenance={
             "trained_by": f"sparkvision {__version__} train",

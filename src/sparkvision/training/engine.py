@@ -39,6 +39,7 @@ from torch import nn
 
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.config.training import ModelConfig, TrainConfig
+from sparkvision.training.masks import ChannelMasks
 
 log = logging.getLogger("sparkvision.training")
 
@@ -97,6 +98,8 @@ def build_model(model_cfg: ModelConfig, num_classes: int, channels: int) -> tupl
     (kept in eval mode so their batch-norm statistics stay as pretrained)."""
     from sparkvision.models.registry import create_model, get_spec
 
+    if model_cfg.init_from:
+        return _initial_model(model_cfg, num_classes, channels)
     spec = get_spec(model_cfg.arch)
     pretrained = spec.has_pretrained if model_cfg.pretrained is None else model_cfg.pretrained
     params = inspect.signature(spec.builder).parameters  # type: ignore[arg-type]
@@ -110,8 +113,31 @@ def build_model(model_cfg: ModelConfig, num_classes: int, channels: int) -> tupl
             raise ValueError(f"{model_cfg.arch} has no dropout to set")
         kwargs["dropout"] = model_cfg.dropout
     model = create_model(model_cfg.arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    head = model.get_classifier()
-    head_params = {id(p) for p in head.parameters()}
+    groups, frozen = _param_groups(model, model_cfg, pretrained)
+    return model, groups, frozen
+
+
+def _initial_model(model_cfg: ModelConfig, num_classes: int,
+                   channels: int) -> tuple[nn.Module, list[dict], list[nn.Module]]:
+    """The network and weights of ``model_cfg.init_from`` (a whole module, a state dict
+    of ``arch``, or a sparkvision checkpoint), counted as pretrained."""
+    loaded = torch.load(model_cfg.init_from, map_location="cpu", weights_only=False)
+    if isinstance(loaded, nn.Module):
+        model = loaded
+    else:
+        state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{model_cfg.init_from} holds neither a torch module, a state dict nor a checkpoint")
+        model, _, _ = build_model(replace(model_cfg, init_from=None, pretrained=False), num_classes, channels)
+        model.load_state_dict(state)
+    groups, frozen = _param_groups(model, model_cfg, pretrained=True)
+    return model, groups, frozen
+
+
+def _param_groups(model: nn.Module, model_cfg: ModelConfig, pretrained: bool) -> tuple[list[dict], list[nn.Module]]:
+    """Head and backbone parameter groups (``lr_mult``), and the frozen stages."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_params = {id(p) for p in head.parameters()} if head is not None else set()
     frozen: list[nn.Module] = []
     if model_cfg.unfreeze_stages is not None:
         if not hasattr(model, "stages"):
@@ -125,10 +151,10 @@ def build_model(model_cfg: ModelConfig, num_classes: int, channels: int) -> tupl
     backbone = [p for p in model.parameters() if id(p) not in head_params and p.requires_grad]
     head_list = [p for p in model.parameters() if id(p) in head_params]
     backbone_mult = model_cfg.backbone_lr_mult if pretrained else 1.0
-    groups = [{"params": head_list, "lr_mult": 1.0}]
+    groups = [{"params": head_list, "lr_mult": 1.0}] if head_list else []
     if backbone:
-        groups.append({"params": backbone, "lr_mult": backbone_mult})
-    return model, groups, frozen
+        groups.append({"params": backbone, "lr_mult": backbone_mult if head_list else 1.0})
+    return groups, frozen
 
 
 # -- evaluation ---------------------------------------------------------------------------
@@ -258,6 +284,15 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def trained_weights(out_dir: str | Path, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The weights rank 0 exported into ``out_dir``: the best epoch's (``export="best"``) or the last's."""
+    best = Path(out_dir) / CHECKPOINT_DIR / BEST_FILE
+    path = best if config.export == "best" and best.is_file() else latest_checkpoint(out_dir)
+    if path is None:
+        raise FileNotFoundError(f"{out_dir}/{CHECKPOINT_DIR} holds no checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
 def _write_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
@@ -362,6 +397,11 @@ def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[s
     torch.manual_seed(cfg.seed)
     model, groups, frozen = build_model(cfg.model, len(job.classes), preprocess.channels)
     model.to(device)
+    if cfg.model.init_from:
+        _check_given_network(model, preprocess, len(job.classes), device, cfg.model.init_from)
+    masks = ChannelMasks.of_zero_channels(model) if cfg.model.keep_pruned else None
+    if masks is not None and lead:
+        log.info("keeping %d pruned output channels of %d convolutions at zero", masks.channels, len(masks))
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -420,6 +460,8 @@ def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[s
             if cfg.optimizer.grad_clip_norm:
                 nn.utils.clip_grad_norm_(trainable, cfg.optimizer.grad_clip_norm)
             optimizer.step()
+            if masks is not None:
+                masks.apply()
             scheduler.step()
             n = len(idx)
             sums[0] += loss.item() * n
@@ -510,6 +552,28 @@ def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[s
     if resumed_from is not None:
         metrics["resumed_from_epoch"] = resumed_from
     return _write_model_dir(job, preprocess, model, val, metrics, history)
+
+
+def _check_given_network(model: nn.Module, preprocess: PreprocessConfig, classes: int, device: torch.device,
+                         source: str) -> None:
+    """A given network must have one output per class of the data. Parameters its forward
+    never uses (e.g. a backbone's own classifier under another head) are frozen: DDP
+    requires every trainable parameter to get a gradient."""
+    height, width = preprocess.size
+    was_training = model.training
+    model.eval()  # batch-norm statistics stay as given
+    out = model(torch.zeros(1, preprocess.channels, height, width, device=device))
+    if out.dim() != 2 or out.shape[1] != classes:
+        raise ValueError(f"the network in {source} gives outputs of shape {tuple(out.shape)}, "
+                         f"not one per class of the data ({classes})")
+    out.float().sum().backward()
+    unused = [p for p in model.parameters() if p.requires_grad and p.grad is None]
+    for p in unused:
+        p.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    if unused:
+        log.debug("%d parameters of %s are not used by its forward and stay fixed", len(unused), source)
 
 
 def _data_normalization(images: np.ndarray, preprocess: PreprocessConfig, comm: _Dist) -> PreprocessConfig:
