@@ -53,7 +53,8 @@ def _role(pid: int, driver: int, workers: set[int]) -> str | None:
         return "Python workers (each)"
     if "CoarseGrainedExecutorBackend" in line:
         return "executor JVMs (each)"
-    if "java" in line and pid not in workers and "org.apache.spark.deploy" not in line:
+    # pyspark starts the driver JVM as spark-submit; a short-lived launcher JVM builds its command first.
+    if "java" in line and "deploy.SparkSubmit" in line and "launcher.Main" not in line:
         return "driver JVM"
     return None
 
