@@ -162,3 +162,24 @@ def test_prune_then_fine_tune_through_the_training_engine(spark, digits, tmp_pat
     assert zero == prune["channels_zeroed"] == prune["fine_tune"]["channels_kept_zero"] > 0
     assert json.loads((out / REPORT_FILE).read_text())["optimization"]["prune"]["accuracy"] == acc
     assert load_card(out).preprocess == card.preprocess
+
+
+def test_batch_norms_after_pruned_channels_agree_in_eval_and_training():
+    from sparkvision.config import PruneSettings
+    from sparkvision.deploy.prune import prune_channels, zero_channel_sets
+    from sparkvision.training.masks import settle_batch_norms
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)  # as after pretraining: not the pruned channels' constant
+        model[1].bias.uniform_(-1, 1)
+    prune_channels(model, PruneSettings(amount=0.5))
+    pruned = sorted(zero_channel_sets(model)["0"])
+    x = torch.randn(4, 3, 8, 8)
+    beta = model[1].bias.detach()[pruned].view(1, -1, 1, 1)
+    eval_out = model.eval()(x)[:, pruned]
+    assert not torch.allclose(eval_out, beta.expand_as(eval_out))  # the mismatch being fixed
+    assert settle_batch_norms(model, x) == len(pruned)
+    eval_out = model.eval()(x)[:, pruned]
+    assert torch.allclose(eval_out, beta.expand_as(eval_out), atol=1e-6)

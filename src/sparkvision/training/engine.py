@@ -39,7 +39,7 @@ from torch import nn
 
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.config.training import ModelConfig, TrainConfig
-from sparkvision.training.masks import ChannelMasks
+from sparkvision.training.masks import ChannelMasks, settle_batch_norms
 
 log = logging.getLogger("sparkvision.training")
 
@@ -473,6 +473,9 @@ def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[s
         train_seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        if masks is not None:
+            sample = torch.from_numpy(train.images[order[:local_batch]]).to(device).permute(0, 3, 1, 2).float()
+            settle_batch_norms(model, (sample.div_(255.0) - mean) / std)
         totals = comm.sum(sums)
         record: dict[str, Any] = {
             "epoch": epoch + 1, "lr": lr_used,

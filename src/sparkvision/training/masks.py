@@ -55,3 +55,34 @@ class ChannelMasks:
         """Zero the masked channels again (after every optimiser step)."""
         for weight, mask in self.masks.values():
             weight.mul_(mask)
+
+
+@torch.no_grad()
+def settle_batch_norms(model: nn.Module, x: torch.Tensor) -> int:
+    """Make batch norms fed by pruned channels give in eval mode what they give in training.
+
+    A pruned channel's input to the next batch norm is a constant (zero, or the conv's
+    bias): in training the batch norm outputs ``beta`` for it, but its running mean only
+    decays towards that constant, so in eval mode it outputs something else. Setting the
+    running mean to the constant makes both ``beta``. Channels are found from one eval
+    forward pass on real inputs ``x``: those whose input is exactly constant.
+    """
+    seen: list[tuple[nn.modules.batchnorm._BatchNorm, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, _out: seen.append((mod, inp[0])))
+             for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    settled = 0
+    for module, inp in seen:
+        flat = inp.transpose(0, 1).flatten(1)
+        constant = (flat == flat[:, :1]).all(dim=1)
+        if constant.any():
+            module.running_mean[constant] = flat[constant, 0].to(module.running_mean.dtype)
+            settled += int(constant.sum())
+    return settled
