@@ -128,6 +128,7 @@ def _batch_stats(url: str) -> tuple[float, float]:
 def run(quick: bool) -> Result:
     import logging
 
+    from sparkvision.config import ServeSettings
     from sparkvision.deploy.export import export_registered
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -172,8 +173,9 @@ def run(quick: bool) -> Result:
     ratios = {c: by[(True, c)]["throughput_rps"] / by[(False, c)]["throughput_rps"] for c in CONCURRENCY}
     figures["throughput_ratio_on_off"] = ratios
     markdown = "\n\n".join([
-        f"Server: `sparkvision serve` (efficientnet_lite0, ImageNet, fp32; batching on = defaults: max batch 32, "
-        f"window 5 ms) in its own process; load: closed-loop clients in another process sending real 224 px "
+        f"Server: `sparkvision serve` (efficientnet_lite0, ImageNet, fp32; batching on = defaults: max batch "
+        f"{ServeSettings.max_batch}, window {ServeSettings.batch_window_ms:g} ms) in its own process; load: "
+        "closed-loop clients in another process sending real 224 px "
         f"JPEGs as raw bodies, {requests} requests per level (time limit {seconds} s), after one warm-up "
         "request per client. Both share the machine's cores.",
         table(["batching", "clients", "requests", "200 OK", "requests/s", "p50 ms", "p99 ms", "images per call"],
