@@ -8,6 +8,8 @@ import pyarrow.parquet as pq
 from transfer_cases import IMAGENET_NAMES, bad_files, photo_folder, run_cli
 
 from sparkvision.cli.transfer import find_demo_data
+from sparkvision.inference.predict import PREDICTIONS_MARKER
+from sparkvision.io.dataset import MARKER as DATASET_MARKER
 from sparkvision.models.model_dir import load_card
 
 CLASSES = ["church", "parachute", "tench"]
@@ -42,11 +44,12 @@ def test_fit_then_predict_end_to_end(imagenette, tmp_path):
     assert sorted(r["error"].split(":")[0] for r in table if r["error"]) == sorted(kinds.values())
     assert all(r["prediction"] in CLASSES and len(r["probability"]) == 3 for r in table if not r["error"])
     # The probability order travels with the predictions: evaluate needs no --model for it.
-    assert json.loads((out / "_sparkvision.json").read_text())["labels"] == CLASSES
+    assert json.loads((out / PREDICTIONS_MARKER).read_text())["labels"] == CLASSES
+    assert not (out / DATASET_MARKER).exists()  # a predictions directory is not taken for an image dataset
     judged = run_cli("evaluate", "--predictions", str(out), "--out", str(tmp_path / "report"))
     assert judged.returncode == 0, judged.stderr[-3000:]
     metrics = json.loads(judged.stdout)
-    assert metrics["source"]["labels_from"].endswith("_sparkvision.json") and metrics["error_rows"] == 3
+    assert metrics["source"]["labels_from"].endswith(PREDICTIONS_MARKER) and metrics["error_rows"] == 3
     assert metrics["top_k"] and metrics["log_loss"] is not None
 
     again = run_cli("predict", "--model", str(model), "--input", str(photos), "--out", str(out))

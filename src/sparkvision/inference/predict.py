@@ -54,6 +54,9 @@ PREDICTIONS_SCHEMA = StructType([
     StructField(ERROR, StringType(), True),
 ])
 PREDICTION_COLUMNS = [f.name for f in PREDICTIONS_SCHEMA.fields]
+#: Written next to the Parquet parts; ``labels`` in it is the ``probability`` order. Not the
+#: dataset marker (``io.dataset.MARKER``): a predictions directory is not an image dataset.
+PREDICTIONS_MARKER = "_sparkvision_predictions.json"
 
 
 class PredictionCheckError(RuntimeError):
@@ -173,10 +176,6 @@ def predict(
         fs.write_text(spark, staging.rstrip("/") + "/" + PREDICTIONS_MARKER, json.dumps(
             {"model": str(model.model_dir), "kind": model.card.kind, "labels": model.labels}, indent=2))
     return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, **summary)
-
-
-#: Written next to the Parquet parts; ``labels`` in it is the ``probability`` order.
-PREDICTIONS_MARKER = "_sparkvision.json"
 
 
 def _summarize(written: DataFrame, rows: int) -> dict[str, Any]:
