@@ -36,6 +36,7 @@ from torch.nn.utils import prune
 from sparkvision.config import PruneSettings
 from sparkvision.deploy.export import HEAD_FILE, Head
 from sparkvision.models.model_dir import ModelCard, load_card, onnx_path
+from sparkvision.training.masks import zero_output_channels
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def torch_model(model_dir: str | Path, card: ModelCard | None = None) -> nn.Modu
 
 def _from_checkpoint(model_dir: Path, card: ModelCard) -> nn.Module:
     from sparkvision.config.training import TrainConfig
-    from sparkvision.training.engine import build_model, latest_checkpoint
+    from sparkvision.training.engine import build_model, latest_checkpoint, trained_weights
 
     path = latest_checkpoint(model_dir)
     if path is None:
@@ -167,7 +168,8 @@ def _from_checkpoint(model_dir: Path, card: ModelCard) -> nn.Module:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     config = TrainConfig.from_dict(payload["config"])
     model, _, _ = build_model(config.model, len(payload["classes"]), card.preprocess.channels)
-    model.load_state_dict(payload["model"])
+    # The weights model.onnx was exported from: the best epoch's unless the run exported its last.
+    model.load_state_dict(trained_weights(model_dir, config))
     return model
 
 
@@ -219,7 +221,7 @@ class FineTuneRequest:
 def zero_channel_sets(model: nn.Module) -> dict[str, set[int]]:
     """Output channels with an all-zero filter, per convolution."""
     return {
-        name: set(np.flatnonzero(conv.weight.detach().flatten(1).abs().sum(dim=1).numpy() == 0).tolist())
+        name: set(np.flatnonzero(zero_output_channels(conv.weight).numpy()).tolist())
         for name, conv in prunable_convs(model, include_depthwise=True)
     }
 
