@@ -20,10 +20,16 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("source")
     group.add_argument(
         "--source-kind",
-        choices=["auto", "builtin", "dataset", "folder", "binaryFile"],
+        choices=["auto", "builtin", "dataset", "folder", "binaryFile", "voc", "coco"],
         default="auto",
-        help="how to read SRC (default: built-in name, else dataset, else folder; URIs use binaryFile)",
+        help="how to read SRC (default: built-in name, else dataset, else VOC folder or ImageSets list, "
+        "else COCO .json, else folder; URIs use binaryFile)",
     )
+    group.add_argument("--classes", default=None,
+                       help="VOC/COCO: comma-separated object classes, in order; objects of other classes make "
+                       "their image an unknown_class error (default: every class found, sorted)")
+    group.add_argument("--images", default=None, help="COCO: the folder holding the images (default: beside the "
+                       "JSON, its images/ folder, or one folder up)")
     group.add_argument("--glob", default=None, help="only files whose name matches this glob (e.g. '*_2024*.jpg')")
     group.add_argument(
         "--extensions",
@@ -48,10 +54,15 @@ def decode_settings(args: argparse.Namespace) -> DecodeSettings:
     return DecodeSettings(max_pixels=args.max_pixels) if args.max_pixels else DecodeSettings()
 
 
+def object_classes(args: argparse.Namespace) -> list[str] | None:
+    classes = getattr(args, "classes", None)
+    return None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+
+
 def read_source(spark, args: argparse.Namespace, src: str, probe: str = "full"):
     return load_images(
         spark, src, kind=args.source_kind, ingest=ingest_settings(args), decode=decode_settings(args),
-        glob=args.glob, probe=probe,
+        glob=args.glob, probe=probe, classes=object_classes(args), images=getattr(args, "images", None),
     )
 
 
@@ -69,12 +80,16 @@ def _ingest(args: argparse.Namespace) -> int:
     spark = spark_from_args(args)
     frame = read_source(spark, args, args.src, probe="full")
     with spark_progress(spark, "ingest"):
-        manifest = write_dataset(spark, frame, args.out, overwrite=args.overwrite, source=args.src)
+        manifest = write_dataset(spark, frame, args.out, overwrite=args.overwrite, source=args.src,
+                                 classes=object_classes(args))
     with spark_progress(spark, "statistics"):
         stats = compute_stats(read_dataset(spark, args.out))
     log.info("ingested %d rows (%d ok, %d with errors) into %s", manifest.rows, manifest.ok, manifest.errors, args.out)
+    detection = {"task": "detect", "objects": stats.objects, "clipped_boxes": stats.clipped_boxes,
+                 "class_order": manifest.classes} if manifest.task == "detect" else {}
     emit({"out": args.out, "rows": stats.rows, "ok": stats.ok, "errors": stats.errors,
-          "classes": stats.classes, "error_kinds": stats.error_kinds, "error_examples": stats.error_examples})
+          "classes": stats.classes, "error_kinds": stats.error_kinds, "error_examples": stats.error_examples,
+          **detection})
     return 0
 
 
@@ -96,9 +111,14 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         description="Read SRC, decode every file once to check it, and write a sparkvision Parquet dataset: "
         "one row per file, bad files kept with their error (empty_file, unreadable, too_large, not_an_image, "
         "truncated, corrupt, too_many_pixels). Prints JSON with counts per class and per error kind. "
+        "Box-labelled sets (a Pascal VOC folder with JPEGImages/ and Annotations/, a list "
+        "DIR/ImageSets/Main/<split>.txt, a COCO instances .json) add an objects column; their counts are "
+        "boxes per class, and bad annotations are rows with missing_image, missing_annotation, missing_id, "
+        "bad_annotation, empty_box, box_outside or unknown_class. "
         "Example: sparkvision ingest photos/ --out /tmp/d",
     )
-    ingest.add_argument("src", help="folder (class = sub-folder), Hadoop URI, dataset, or built-in name "
+    ingest.add_argument("src", help="folder (class = sub-folder), Hadoop URI, dataset, VOC folder or ImageSets "
+                        "list, COCO .json, or built-in name "
                         "(fashion-mnist, fashion-mnist:train, fashion-mnist:test, mnist-5k, digits)")
     ingest.add_argument("--out", required=True, help="output dataset directory (any Hadoop URI)")
     ingest.add_argument("--overwrite", action="store_true", help="replace an existing output (atomically)")
@@ -111,6 +131,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         help="classes, counts, size/mode histograms and errors of SRC",
         description="Describe SRC: rows, usable rows per class, image modes, formats, sizes, and errors by kind.",
     )
-    info.add_argument("src", help="folder, Hadoop URI, dataset, or built-in name")
+    info.add_argument("src", help="folder, Hadoop URI, dataset, VOC folder or ImageSets list, COCO .json, "
+                      "or built-in name")
     add_source_options(info)
     info.set_defaults(handler=_info)

@@ -1,7 +1,8 @@
 """sparkvision's own Parquet image dataset: IMAGE_SCHEMA rows, bytes still encoded.
 
 A dataset directory holds Parquet part files plus a ``_sparkvision.json`` marker with
-the schema version, row counts and classes. Re-reading it skips listing and decoding
+the schema version, row counts, the task and its classes (a detection dataset's
+classes in the order given at ingest, ``--classes``, else sorted). Re-reading it skips listing and decoding
 entirely; statistics read only the small columns (Parquet column pruning), never the
 bytes. Files are sized by the input partitions (``spark.sql.files.maxPartitionBytes``),
 so a dataset of many small images does not become many tiny files.
@@ -17,7 +18,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sparkvision.io import fs
-from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
+from sparkvision.io.detection import object_classes
+from sparkvision.io.schema import DETECTION_COLUMNS, DETECTION_SCHEMA, IMAGE_COLUMNS, IMAGE_SCHEMA, OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ class DatasetManifest:
     classes: list[str] = field(default_factory=list)
     source: str = ""
     schema_version: int = SCHEMA_VERSION
+    #: "classify" (IMAGE_SCHEMA, one label per row) or "detect" (DETECTION_SCHEMA, boxes).
+    task: str = "classify"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -51,9 +55,13 @@ def read_manifest(spark: SparkSession, uri: str) -> DatasetManifest:
 
 
 def read_dataset(spark: SparkSession, uri: str) -> DataFrame:
-    """A dataset written by :func:`write_dataset` (or any Parquet with IMAGE_SCHEMA)."""
-    frame = spark.read.schema(IMAGE_SCHEMA).parquet(uri)
-    return frame.select(*IMAGE_COLUMNS)
+    """A dataset written by :func:`write_dataset` (or any Parquet with IMAGE_SCHEMA or DETECTION_SCHEMA)."""
+    if is_dataset(spark, uri):
+        detect = read_manifest(spark, uri).task == "detect"
+    else:
+        detect = OBJECTS in spark.read.parquet(uri).columns
+    schema, columns = (DETECTION_SCHEMA, DETECTION_COLUMNS) if detect else (IMAGE_SCHEMA, IMAGE_COLUMNS)
+    return spark.read.schema(schema).parquet(uri).select(*columns)
 
 
 def write_dataset(
@@ -62,12 +70,20 @@ def write_dataset(
     uri: str,
     overwrite: bool = False,
     source: str = "",
+    classes: list[str] | None = None,
 ) -> DatasetManifest:
-    """Write IMAGE_SCHEMA rows atomically and return the manifest (counts read back cheaply)."""
-    frame = frame.select(*IMAGE_COLUMNS)
+    """Write IMAGE_SCHEMA (or DETECTION_SCHEMA) rows atomically and return the manifest (counts read back cheaply).
+
+    ``classes`` fixes a detection dataset's class order (default: the classes of its boxes, sorted).
+    """
+    detect = OBJECTS in frame.columns
+    frame = frame.select(*(DETECTION_COLUMNS if detect else IMAGE_COLUMNS))
     with fs.atomic_output(spark, uri, overwrite=overwrite) as staging:
         frame.write.mode("errorifexists").parquet(staging)
         manifest = summarize_written(spark, staging, source)
+        if detect:
+            manifest.task = "detect"
+            manifest.classes = list(classes) if classes is not None else object_classes(spark.read.parquet(staging))
         fs.write_text(spark, staging + "/" + MARKER, manifest.to_json())
     return manifest
 

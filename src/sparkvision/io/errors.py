@@ -19,6 +19,14 @@ class ErrorKind(StrEnum):
     TOO_MANY_PIXELS = "too_many_pixels"  # above the decompression-bomb limit
     UNSUPPORTED = "unsupported"  # a valid image sparkvision cannot convert (exotic mode)
     MODEL = "model"  # the model failed on this row (e.g. a non-finite output)
+    # Box annotations (detection sources, see sparkvision.io.annotations):
+    MISSING_IMAGE = "missing_image"  # an annotation whose image file does not exist
+    MISSING_ANNOTATION = "missing_annotation"  # an image without its annotation file
+    MISSING_ID = "missing_id"  # a COCO annotation naming an image id or category id that is not listed
+    BAD_ANNOTATION = "bad_annotation"  # unparsable, a field missing or not a number, or sized for another image
+    EMPTY_BOX = "empty_box"  # a box with xmax <= xmin or ymax <= ymin
+    BOX_OUTSIDE = "box_outside"  # a box beyond the clipping tolerance outside the image, or wholly outside
+    UNKNOWN_CLASS = "unknown_class"  # an object whose class is not in the allowed list (--classes)
 
 
 class ImageError(Exception):

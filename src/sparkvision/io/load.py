@@ -1,8 +1,10 @@
-"""``SRC`` as every command takes it: a built-in name, a sparkvision dataset, or a folder/URI of images."""
+"""``SRC`` as every command takes it: a built-in name, a sparkvision dataset, a folder/URI of images,
+or a box-labelled set (a Pascal VOC folder or image-set list, a COCO ``.json``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Literal
 
 from pyspark.sql import DataFrame, SparkSession
@@ -10,17 +12,22 @@ from pyspark.sql import DataFrame, SparkSession
 from sparkvision.config import DecodeSettings, IngestSettings
 from sparkvision.io.builtin import is_builtin, read_builtin
 from sparkvision.io.dataset import is_dataset, read_dataset
+from sparkvision.io.detection import is_coco_file, read_coco, read_voc, voc_source
 from sparkvision.io.sources import ProbeLevel, read_binary_files, read_folder
 
-SourceKind = Literal["auto", "builtin", "dataset", "folder", "binaryFile"]
+SourceKind = Literal["auto", "builtin", "dataset", "folder", "binaryFile", "voc", "coco"]
 
 
 def resolve_kind(spark: SparkSession, src: str) -> str:
-    """Which reader ``src`` needs: built-in names first, then datasets, then image files."""
+    """Which reader ``src`` needs: built-in names, datasets, box-labelled sets, then image files."""
     if is_builtin(src):
         return "builtin"
     if is_dataset(spark, src) or src.rstrip("/").endswith(".parquet"):
         return "dataset"
+    if voc_source(src) is not None:
+        return "voc"
+    if is_coco_file(src):
+        return "coco"
     scheme = src.split(":", 1)[0] if "://" in src or src.startswith("file:") else ""
     if scheme in ("", "file"):
         return "folder"
@@ -35,14 +42,24 @@ def load_images(
     decode: DecodeSettings | None = None,
     glob: str | None = None,
     probe: ProbeLevel = "full",
+    classes: Sequence[str] | None = None,
+    images: str | None = None,
 ) -> DataFrame:
-    """Rows of IMAGE_SCHEMA for any source, one per input file.
+    """Rows of IMAGE_SCHEMA for any source, one per input file (DETECTION_SCHEMA for VOC and COCO).
 
     ``probe`` controls how much of each file is checked when reading image files:
     ``full`` decodes everything (ingest), ``header`` only parses headers and leaves
     decode errors to the model step that decodes anyway (featurize, predict).
+    ``classes`` (the allowed object classes) and ``images`` (where a COCO file's images
+    are) apply to box-labelled sources only.
     """
     kind = resolve_kind(spark, src) if kind == "auto" else kind
+    if kind not in ("voc", "coco") and (classes is not None or images is not None):
+        raise ValueError(f"classes and images apply to VOC and COCO sources; {src!r} is read as {kind!r}")
+    if kind == "voc":
+        return read_voc(spark, src, ingest, decode, classes, probe)
+    if kind == "coco":
+        return read_coco(spark, src, images, ingest, decode, classes, probe)
     if kind == "builtin":
         return read_builtin(spark, src)
     if kind == "dataset":
