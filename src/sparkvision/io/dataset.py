@@ -1,8 +1,9 @@
 """sparkvision's own Parquet image dataset: IMAGE_SCHEMA rows, bytes still encoded.
 
 A dataset directory holds Parquet part files plus a ``_sparkvision.json`` marker with
-the schema version, row counts, the task and its classes (a detection dataset's
-classes in the order given at ingest, ``--classes``, else sorted). Re-reading it skips listing and decoding
+the schema version, row counts, the task (``classify``, or ``detect`` for
+DETECTION_SCHEMA rows) and the classes (a detection dataset's in the order given at
+ingest, ``--classes``, else sorted). Re-reading it skips listing and decoding
 entirely; statistics read only the small columns (Parquet column pruning), never the
 bytes. Files are sized by the input partitions (``spark.sql.files.maxPartitionBytes``),
 so a dataset of many small images does not become many tiny files.

@@ -40,6 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
+from sparkvision import storage
 from sparkvision.config import DecodeSettings, IngestSettings
 from sparkvision.io.annotations import (
     MAX_ANNOTATION_BYTES,
@@ -74,14 +75,15 @@ _TASK_SCHEMA = StructType(
 
 
 def local_path(src: str) -> str | None:
-    """The local path of a plain path or ``file:`` URI; ``None`` for other schemes."""
-    if src.startswith("file:"):
-        return "/" + src[len("file:"):].lstrip("/")
-    return None if "://" in src else src
+    """The local path of a plain path or ``file:`` URI; ``None`` for anything else."""
+    try:
+        return storage.local_path_or_none(src)
+    except storage.NotLocalError:
+        return None
 
 
 def _uri(path: str) -> str:
-    return "file:" + os.path.abspath(path)
+    return storage.file_uri(path)
 
 
 @dataclass(frozen=True)
