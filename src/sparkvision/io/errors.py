@@ -29,6 +29,14 @@ class ErrorKind(StrEnum):
     UNKNOWN_CLASS = "unknown_class"  # an object whose class is not in the allowed list (--classes)
 
 
+#: Kinds about a row's annotation rather than its image: such a row's image may be fine
+#: (its bytes and metadata are kept), so it can still be predicted on, though not trained on.
+ANNOTATION_KINDS = frozenset({
+    ErrorKind.MISSING_ANNOTATION, ErrorKind.MISSING_ID, ErrorKind.BAD_ANNOTATION,
+    ErrorKind.EMPTY_BOX, ErrorKind.BOX_OUTSIDE, ErrorKind.UNKNOWN_CLASS,
+})
+
+
 class ImageError(Exception):
     """A failure tied to one input row; its text goes into that row's ``error`` column."""
 
