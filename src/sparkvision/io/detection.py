@@ -230,7 +230,8 @@ def list_coco(json_path: str, images_dir: str | None) -> pd.DataFrame:
         rows.append((_uri(found), os.fsencode(found), os.stat(found).st_size, None,
                      None if error else _boxes_json(image.annotation), error))
     for image_id, count in sorted(coco.orphans.items(), key=lambda kv: str(kv[0])):
-        detail = f"{count} annotation{'s' if count > 1 else ''} refer to image id {image_id}, which 'images' does not list"
+        many = f"{count} annotations refer" if count > 1 else "1 annotation refers"
+        detail = f"{many} to image id {image_id}, which 'images' does not list"
         rows.append((f"{_uri(json_path)}#image_id={image_id}", None, 0, None, None,
                      ImageError(ErrorKind.MISSING_ID, detail).message))
     log.info("COCO file %s: %d images, %d categories, %d unknown image ids", json_path, len(coco.images),
