@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkvision.io import fs
+from sparkvision import storage
 from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,13 @@ class DatasetManifest:
 
 def is_dataset(spark: SparkSession, uri: str) -> bool:
     try:
-        return fs.exists(spark, uri.rstrip("/") + "/" + MARKER)
+        return storage.exists(uri.rstrip("/") + "/" + MARKER, spark)
     except Exception:  # noqa: BLE001 - a malformed URI is simply not a dataset
         return False
 
 
 def read_manifest(spark: SparkSession, uri: str) -> DatasetManifest:
-    data = json.loads(fs.read_text(spark, uri.rstrip("/") + "/" + MARKER))
+    data = json.loads(storage.read_text(uri.rstrip("/") + "/" + MARKER, spark))
     return DatasetManifest(**data)
 
 
@@ -65,10 +65,10 @@ def write_dataset(
 ) -> DatasetManifest:
     """Write IMAGE_SCHEMA rows atomically and return the manifest (counts read back cheaply)."""
     frame = frame.select(*IMAGE_COLUMNS)
-    with fs.atomic_output(spark, uri, overwrite=overwrite) as staging:
+    with storage.atomic_dir(uri, spark, overwrite=overwrite) as staging:
         frame.write.mode("errorifexists").parquet(staging)
         manifest = summarize_written(spark, staging, source)
-        fs.write_text(spark, staging + "/" + MARKER, manifest.to_json())
+        storage.write_text(staging + "/" + MARKER, manifest.to_json(), spark)
     return manifest
 
 
