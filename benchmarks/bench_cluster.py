@@ -1,6 +1,6 @@
 """Training on a real Spark standalone cluster: 1 vs 2 workers, next to a plain PyTorch loop.
 
-A master and two one-core workers on loopback (``sparkvision.cluster``), and
+A master and two one-core workers on loopback (``sparkvision.testing.cluster``), and
 ``sparkvision train --master spark://...``: TorchDistributor in cluster mode, each rank
 a barrier task running on its own executor (1 torch thread = the task's core). Same
 data, model, optimiser and global batch as ``bench_train`` (whose plain loop is rerun
@@ -52,8 +52,8 @@ def cluster_train(master: str, train_uri: str, val_uri: str, epochs: int, worker
 
 
 def run(quick: bool) -> Result:
-    from sparkvision.cluster import StandaloneCluster
     from sparkvision.config import ClusterSettings
+    from sparkvision.testing.cluster import StandaloneCluster
 
     if quick:
         train_src, val_src, epochs = "mnist-5k", "digits", 2

@@ -1,6 +1,6 @@
 """``sparkvision evaluate`` on 100k and 1M synthetic predictions: driver memory must not grow with rows.
 
-Each size is generated in Spark (``sparkvision.evaluation.synthetic``, no row passes
+Each size is generated in Spark (``sparkvision.testing.synthetic_predictions``, no row passes
 through a driver) into Parquet, then the real CLI runs in a subprocess while this
 process samples the peak resident memory (``VmHWM``) of the CLI's Python process, of
 the JVM it starts (in local mode the driver JVM also runs the tasks) and of the
@@ -32,6 +32,8 @@ sys.path.insert(0, str(HERE))
 
 from common import Result, table  # noqa: E402
 
+from sparkvision.testing.proc import cmdline, descendants, status_kib  # noqa: E402
+
 TITLE = "Evaluation at scale: driver memory vs rows"
 CLASSES = 10
 DRIVER_MEMORY = "1g"
@@ -39,43 +41,6 @@ MASTER = "local[2]"
 ROWS_PER_FILE = 100_000
 #: Spark refuses a driver below ~470 MB; 512m is the smallest heap it runs with.
 TIGHT_DRIVER_MEMORY = "512m"
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text().split()
-            out.extend(int(t) for t in text)
-    except OSError:
-        pass
-    return out
-
-
-def _tree(pid: int) -> list[int]:
-    seen, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        seen.append(current)
-        stack.extend(_children(current))
-    return seen
 
 
 class PeakMemory:
@@ -91,7 +56,7 @@ class PeakMemory:
     def _role(self, pid: int) -> str:
         if pid == self.pid:
             return "driver_python"
-        cmd = _cmdline(pid)
+        cmd = cmdline(pid)
         if "java" in cmd.split(" ", 1)[0]:
             return "jvm"
         if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
@@ -100,8 +65,8 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            for pid in _tree(self.pid):
-                hwm = _status_kib(pid, "VmHWM")
+            for pid in [self.pid, *descendants(self.pid)]:
+                hwm = status_kib(pid, "VmHWM")
                 if hwm:
                     role = self._role(pid)  # every time: spark-class exec's the JVM in a shell's pid
                     self.peaks[pid] = (role, max(hwm, self.peaks.get(pid, ("", 0))[1]))
@@ -173,8 +138,8 @@ def _failure(stderr: str) -> str:
 
 def _generate(rows: int, out: str) -> None:
     from sparkvision.config import SparkSettings
-    from sparkvision.evaluation.synthetic import synthetic_labels, synthetic_predictions
     from sparkvision.session import get_spark
+    from sparkvision.testing.synthetic_predictions import synthetic_labels, synthetic_predictions
 
     spark = get_spark(SparkSettings(master=MASTER, driver_memory=DRIVER_MEMORY))
     # Files of ROWS_PER_FILE rows, as a predict job writes one file per partition: Parquet readers hold a
@@ -191,8 +156,8 @@ def _naive(predictions: str, driver_memory: str = DRIVER_MEMORY) -> None:
     from sklearn.metrics import accuracy_score, log_loss
 
     from sparkvision.config import SparkSettings
-    from sparkvision.evaluation.synthetic import synthetic_labels
     from sparkvision.session import get_spark
+    from sparkvision.testing.synthetic_predictions import synthetic_labels
 
     conf = {"spark.driver.maxResultSize": "0"}
     if os.environ.get("BENCH_DRIVER_JAVA_OPTIONS"):

@@ -44,7 +44,7 @@ def _env() -> dict[str, str]:
 
 
 def _role(pid: int, driver: int, workers: set[int]) -> str | None:
-    from sparkvision.cluster import cmdline
+    from sparkvision.testing.proc import cmdline
 
     line = cmdline(pid)
     if pid == driver:
@@ -71,7 +71,7 @@ class PeakSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
-        from sparkvision.cluster import descendants, peak_rss_mib
+        from sparkvision.testing.proc import descendants, peak_rss_mib
 
         workers = {d.pid for d in self.cluster.workers if d is not None}
         pids = [self.driver, *descendants(self.driver)]
@@ -142,8 +142,8 @@ def measure(cluster, count: int, work: Path) -> dict:
 
 
 def run(quick: bool) -> Result:
-    from sparkvision.cluster import StandaloneCluster
     from sparkvision.config import ClusterSettings
+    from sparkvision.testing.cluster import StandaloneCluster
 
     sizes = (500, 5_000) if quick else (5_000, 100_000)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=os.environ.get("TMPDIR")))

@@ -80,7 +80,7 @@ def _spark(spark, scene: Path, model_dir: Path, classify: bool) -> tuple[int, fl
 def run(quick: bool = False) -> Result:
     from sparkvision.config import SparkSettings
     from sparkvision.session import get_spark
-    from sparkvision.tiling.synthetic import make_scene, train_object_classifier, write_tiled_tiff
+    from sparkvision.testing.synthetic_scenes import make_scene, train_object_classifier, write_tiled_tiff
 
     work = Path(tempfile.mkdtemp(prefix="bench-tiling-"))
     try:

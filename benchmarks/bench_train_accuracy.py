@@ -39,6 +39,8 @@ sys.path.insert(0, str(HERE))
 from bench_train import CLI, dataset  # noqa: E402
 from common import Result, table  # noqa: E402
 
+from sparkvision.testing.proc import descendants  # noqa: E402
+
 TITLE = "Training accuracy: LeNet-5 (Fashion-MNIST, mnist-5k), EfficientNet-Lite0 fine-tuning, 1 vs 2 workers, resume"
 SPARK = ["--master", "local[2]", "--driver-memory", "2g"]
 IMAGENETTE = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "imagenette-mini"
@@ -105,18 +107,6 @@ def frozen_baseline(quick: bool, out: Path) -> dict:
             "wall_s": time.perf_counter() - started, "command": "sparkvision fit " + " ".join(args)}
 
 
-def _descendants(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        try:
-            children = [int(c) for f in Path(f"/proc/{stack.pop()}/task").glob("*/children") for c in f.read_text().split()]
-        except OSError:
-            continue
-        found += children
-        stack += children
-    return found
-
-
 def killed_and_resumed(args: list[str], out: Path) -> dict:
     """Run, SIGKILL the whole command after its first checkpoint, then ``--resume`` it."""
     cmd = [*CLI, "train", *args, "--out", str(out), *SPARK, "-q"]
@@ -127,9 +117,9 @@ def killed_and_resumed(args: list[str], out: Path) -> dict:
     while not (out / "checkpoints" / "epoch-0001.pt").exists():
         if proc.poll() is not None:
             raise RuntimeError("the run ended before its first checkpoint")
-        ours.update(_descendants(proc.pid))
+        ours.update(descendants(proc.pid))
         time.sleep(0.05)
-    ours.update(_descendants(proc.pid))
+    ours.update(descendants(proc.pid))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 60

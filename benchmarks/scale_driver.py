@@ -27,8 +27,9 @@ def main() -> int:
 
     from pyspark.sql import functions as F
 
+    from sparkvision import storage
     from sparkvision.config import SparkSettings
-    from sparkvision.io import fs, read_dataset
+    from sparkvision.io import read_dataset
     from sparkvision.ml.featurizer import ImageFeaturizer
     from sparkvision.session import get_spark
 
@@ -38,7 +39,7 @@ def main() -> int:
     started = time.perf_counter()
     featurizer = ImageFeaturizer()
     features = featurizer.transform(frame).select("path", "label", "features", "error")
-    with fs.atomic_output(spark, args.out, overwrite=True) as staging:
+    with storage.atomic_dir(args.out, spark, overwrite=True) as staging:
         features.write.parquet(staging)
     seconds = time.perf_counter() - started
     written = spark.read.parquet(args.out)

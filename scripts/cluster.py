@@ -6,12 +6,12 @@
     .venv/bin/python scripts/cluster.py stop
     .venv/bin/python scripts/cluster.py run      # foreground: stops on Ctrl-C
 
-See ``sparkvision.cluster`` for what it does and how the daemons are stopped.
+See ``sparkvision.testing.cluster`` for what it does and how the daemons are stopped.
 """
 
 import sys
 
-from sparkvision.cluster import main
+from sparkvision.testing.cluster import main
 
 if __name__ == "__main__":
     sys.exit(main())

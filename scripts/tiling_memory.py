@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SPARKVISION_CACHE", str(ROOT / ".cache" / "sparkvision"))
 
 from sparkvision.config import SparkSettings, TilingSettings  # noqa: E402
-from sparkvision.tiling.profile import WorkerPeaks, one_process_peak  # noqa: E402
-from sparkvision.tiling.synthetic import make_scene, write_tiled_tiff  # noqa: E402
+from sparkvision.testing.profile import WorkerPeaks, one_process_peak  # noqa: E402
+from sparkvision.testing.synthetic_scenes import make_scene, write_tiled_tiff  # noqa: E402
 
 log = logging.getLogger("tiling_memory")
 

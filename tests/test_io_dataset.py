@@ -10,8 +10,8 @@ from pyspark.sql import functions as F
 from sparkvision.config import DecodeSettings
 from sparkvision.io import IMAGE_SCHEMA, compute_stats, load_images, read_dataset, write_dataset
 from sparkvision.io.dataset import MARKER, is_dataset, read_manifest
-from sparkvision.io.fs import OutputExistsError
 from sparkvision.io.sources import describe_rows
+from sparkvision.storage import OutputExistsError
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import subprocess
+import sys
+import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -110,6 +115,52 @@ def test_pixel_limit_is_configurable():
     assert probe_image(data, DecodeSettings(max_pixels=1536)).width == 48
     with pytest.raises(ImageError):
         decode_image(data, DecodeSettings(max_pixels=1000))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF"])
+def test_own_pixel_limit_applies_whatever_pillows_global_says(monkeypatch, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(48 * 32 * 3, dtype=np.uint8).reshape(32, 48, 3)).save(buffer, format=fmt)
+    data = buffer.getvalue()  # 48 x 32 = 1536 pixels
+    expected = np.asarray(decode_image(data).convert("RGB"))
+    # The application's own, stricter Pillow guard: 1536 > 2 x 500 makes Image.open refuse,
+    # 1536 > 1000 makes it warn. Neither may decide for sparkvision, nor be changed by it.
+    for application_limit in (500, 1000):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", application_limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no DecompressionBombWarning escapes either
+            img = decode_image(data, DecodeSettings(max_pixels=2000))
+            assert probe_image(data, DecodeSettings(max_pixels=2000)).width == 48
+        assert np.array_equal(np.asarray(img.convert("RGB")), expected)
+        with pytest.raises(ImageError) as err:
+            decode_image(data, DecodeSettings(max_pixels=1000))
+        assert err.value.kind == ErrorKind.TOO_MANY_PIXELS and "1,536" in err.value.detail
+        assert Image.MAX_IMAGE_PIXELS == application_limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))  # Pillow's guard still works for everyone else
+
+
+def test_importing_sparkvision_leaves_pillows_globals_alone():
+    script = textwrap.dedent(
+        """
+        import pkgutil, importlib
+        from PIL import Image, ImageFile
+        Image.MAX_IMAGE_PIXELS = 12345
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        import sparkvision
+        names = [m.name for m in pkgutil.walk_packages(sparkvision.__path__, "sparkvision.")]
+        for name in names:
+            importlib.import_module(name)
+        assert "sparkvision.io.decode" in names and "sparkvision.tiling.readers" in names, names
+        assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == (12345, True), (
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+        print("imported", len(names))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "imported" in result.stdout
 
 
 def test_missing_content_and_signatures():

@@ -18,7 +18,7 @@ from sparkvision.config import IngestSettings
 from sparkvision.io import IMAGE_COLUMNS, load_images
 from sparkvision.io.errors import error_kind
 from sparkvision.io.load import resolve_kind
-from sparkvision.io.sources import _hadoop_path, is_hidden, list_folder
+from sparkvision.io.sources import is_hidden, list_folder
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +185,3 @@ def test_glob_uris_label_below_the_folder_above_the_glob():
     assert _glob_base("file:///data/img/{cat,dog}") == "file:///data/img"
     assert _glob_base("hdfs://nn:8020/data/") == "hdfs://nn:8020/data/"
 
-
-def test_input_file_uris_become_scan_paths():
-    assert _hadoop_path("file:///tmp/a%20b/c%25d%23e.png") == "file:/tmp/a b/c%d#e.png"
-    assert _hadoop_path("hdfs://nn:8020/x/caf%C3%A9.jpg") == "hdfs://nn:8020/x/café.jpg"
-    assert _hadoop_path("s3a://bucket/k/日本.jpg") == "s3a://bucket/k/日本.jpg"

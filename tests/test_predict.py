@@ -15,11 +15,11 @@ from sparkvision.inference.predict import (
     predict,
 )
 from sparkvision.io import load_images
-from sparkvision.io.fs import OutputExistsError
 from sparkvision.ml.predictor import ImagePredictor
 from sparkvision.models.model_dir import ModelCard, save_card
 from sparkvision.models.onnx_export import registered_onnx
 from sparkvision.models.registry import get_spec
+from sparkvision.storage import OutputExistsError
 
 
 @pytest.fixture(scope="module")

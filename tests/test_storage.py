@@ -70,7 +70,8 @@ def test_file_uri_and_spark_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert storage.file_uri("sub/a b.png") == f"file:{tmp_path}/sub/a b.png"
     assert storage.file_uri("file:///x%20y") == "file:/x y"
     assert storage.spark_path("file:///tmp/a%20b/c%25d%23e.png") == "file:/tmp/a b/c%d#e.png"
-    assert storage.spark_path("hdfs://nn:8020/a%20b") == "hdfs://nn:8020/a b"
+    assert storage.spark_path("hdfs://nn:8020/x/caf%C3%A9.jpg") == "hdfs://nn:8020/x/café.jpg"
+    assert storage.spark_path("s3a://bucket/k/日本.jpg") == "s3a://bucket/k/日本.jpg"
 
 
 def test_reads_listing_and_limits(tmp_path: Path) -> None:

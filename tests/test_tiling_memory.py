@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 from sparkvision.config import TilingSettings
-from sparkvision.tiling.profile import one_process_peak
+from sparkvision.testing.profile import one_process_peak
 
 
 def _write_scene(path, side: int, tile: int = 256) -> None:

@@ -16,11 +16,11 @@ from PIL import Image
 from sparkvision.cli.main import main
 from sparkvision.config import HeatmapSettings
 from sparkvision.models.model_dir import load_card
+from sparkvision.testing.synthetic_scenes import make_scene, render, train_object_classifier
 from sparkvision.tiling.aggregate import aggregate_tiles
 from sparkvision.tiling.classify import classify_tiles
 from sparkvision.tiling.grid import grid
 from sparkvision.tiling.heatmap import match_boxes
-from sparkvision.tiling.synthetic import make_scene, render, train_object_classifier
 from sparkvision.tiling.tiles import list_sources, tile
 
 

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
+from sparkvision.testing.proc import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "sparkvision.cli.main"]
@@ -227,19 +228,6 @@ def test_sparkvision_predict_takes_the_trained_model_dir(uninterrupted, digits_d
     assert accuracy == pytest.approx(result["metrics"]["val_top1"], abs=1.01 / len(table))
 
 
-def _descendants(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        try:
-            kids = Path(f"/proc/{stack.pop()}/task").glob("*/children")
-            children = [int(c) for f in kids for c in f.read_text().split()]
-        except OSError:
-            continue
-        found += children
-        stack += children
-    return found
-
-
 def test_killed_run_resumes_to_the_same_result(uninterrupted, digits_ds, tmp_path):
     ref_out, ref, _ = uninterrupted
     out = tmp_path / "b"
@@ -250,9 +238,9 @@ def test_killed_run_resumes_to_the_same_result(uninterrupted, digits_ds, tmp_pat
     while not (out / "checkpoints" / "epoch-0001.pt").exists():
         assert proc.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline
-        ours.update(_descendants(proc.pid))
+        ours.update(descendants(proc.pid))
         time.sleep(0.05)
-    ours.update(_descendants(proc.pid))
+    ours.update(descendants(proc.pid))
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and torchrun; ranks run in their own sessions
     proc.wait()
     # Orphaned ranks notice their parent is gone and exit by themselves.

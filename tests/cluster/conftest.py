@@ -38,8 +38,8 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    from sparkvision.cluster import StandaloneCluster
     from sparkvision.config import ClusterSettings
+    from sparkvision.testing.cluster import StandaloneCluster
 
     logs = tmp_path_factory.mktemp("cluster-logs")
     cluster = StandaloneCluster(logs, ClusterSettings(workers=2, cores_per_worker=1, worker_memory="2g"))

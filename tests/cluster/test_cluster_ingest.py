@@ -17,7 +17,7 @@ from cluster_support import (
 )
 from pyspark.sql import functions as F
 
-from sparkvision.cluster import descendants
+from sparkvision.testing.proc import descendants
 
 pytestmark = pytest.mark.cluster
 

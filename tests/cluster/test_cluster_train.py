@@ -16,7 +16,7 @@ import time
 import pytest
 from cluster_support import SPARKVISION, cli_env, cli_json, run_cli, wait_cluster_idle
 
-from sparkvision.cluster import cmdline, descendants
+from sparkvision.testing.proc import cmdline, descendants
 
 pytestmark = pytest.mark.cluster
 

@@ -9,8 +9,8 @@ import os
 from sparkvision.cli.common import emit, spark_from_args
 from sparkvision.config import DecodeSettings, IngestSettings
 from sparkvision.io import compute_stats, load_images, read_dataset, write_dataset
-from sparkvision.io.fs import OutputExistsError
 from sparkvision.progress import spark_progress
+from sparkvision.storage import OutputExistsError, local_path_or_none
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,8 @@ def read_source(spark, args: argparse.Namespace, src: str, probe: str = "full"):
     )
 
 
-def _local_path(uri: str) -> str | None:
-    if uri.startswith("file:"):
-        return "/" + uri[len("file:"):].lstrip("/")
-    return None if "://" in uri else uri
-
-
 def _ingest(args: argparse.Namespace) -> int:
-    local = _local_path(args.out)
+    local = local_path_or_none(args.out)
     if local is not None and os.path.lexists(local) and not args.overwrite:
         # Refuse before starting Spark; write_dataset checks again for any URI.
         raise OutputExistsError(f"{args.out} already exists; pass --overwrite to replace it")

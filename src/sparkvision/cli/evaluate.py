@@ -27,12 +27,12 @@ def resolve_labels(spark, args: argparse.Namespace) -> tuple[list[str], str]:
         from sparkvision.models.model_dir import load_card
 
         return list(load_card(args.model).labels), f"{args.model}/sparkvision_model.json"
-    from sparkvision.io import fs
+    from sparkvision import storage
 
     marker = args.predictions.rstrip("/") + "/" + PREDICTIONS_MARKER
     try:
-        if fs.exists(spark, marker):
-            labels = json.loads(fs.read_text(spark, marker)).get("labels")
+        if storage.exists(marker, spark):
+            labels = json.loads(storage.read_text(marker, spark)).get("labels")
             if labels:
                 return list(labels), marker
     except Exception as exc:  # noqa: BLE001 - an unreadable marker only costs the probability metrics

@@ -122,9 +122,10 @@ def _classify(args: argparse.Namespace) -> int:
                                batchSize=args.batch_size or FeaturizeSettings.batch_size)
     result = predictor.transform(frame).select(PATH, "prediction", "top_k", "error")
     if args.out:
-        from sparkvision.io import fs
+        from sparkvision import storage
 
-        with fs.atomic_output(spark, args.out, overwrite=args.overwrite) as staging, spark_progress(spark, "classify"):
+        with storage.atomic_dir(args.out, spark, overwrite=args.overwrite) as staging, \
+                spark_progress(spark, "classify"):
             result.write.parquet(staging)
         written = spark.read.parquet(args.out)
         emit({"out": args.out, "rows": written.count(), "errors": written.where(F.col("error").isNotNull()).count()})

@@ -171,7 +171,7 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """A Spark standalone cluster on loopback (``sparkvision.cluster``): tests, benchmarks, trying a cluster."""
+    """A Spark standalone cluster on loopback (``sparkvision.testing.cluster``): tests, benchmarks, trying a cluster."""
 
     workers: int = 2
     cores_per_worker: int = 1

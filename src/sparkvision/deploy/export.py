@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from sparkvision.models.model_dir import (
     load_card,
     save_card,
 )
+from sparkvision.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -212,18 +212,6 @@ def append_head(backbone: bytes | onnx.ModelProto, feature_output: str, head: He
     return extracted
 
 
-def _write_atomic(data: bytes, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 # ---------------------------------------------------------------- model directories
 
 
@@ -290,7 +278,7 @@ def export_pipeline(spark, model_dir: str | Path) -> Path:
     if parts.head.num_classes != len(card.labels):
         raise ValueError(f"the classifier scores {parts.head.num_classes} classes, the card names {len(card.labels)}")
     graph = append_head(parts.backbone, parts.feature_output, parts.head)
-    _write_atomic(graph.SerializeToString(), model_dir / ONNX_FILE)
+    atomic_write(model_dir / ONNX_FILE, graph.SerializeToString())
     parts.head.save(model_dir / HEAD_FILE)
     card.onnx = ONNX_FILE
     card.provenance = {
@@ -371,7 +359,7 @@ def write_head_model_dir(out_dir: str | Path, backbone_name: str, feature_output
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = registered_onnx(backbone_name)
     graph = append_head(backbone.read_bytes(), feature_output, head)
-    _write_atomic(graph.SerializeToString(), out_dir / ONNX_FILE)
+    atomic_write(out_dir / ONNX_FILE, graph.SerializeToString())
     head.save(out_dir / HEAD_FILE)
     card = ModelCard(
         name=name or out_dir.name, kind="onnx", labels=list(labels), preprocess=spec.preprocess,

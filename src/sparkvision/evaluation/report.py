@@ -1,7 +1,8 @@
 """``metrics.json`` and a self-contained ``report.html`` for one model's predictions, and side-by-side comparisons.
 
 The HTML opens anywhere with no network: styles are inline and every plot and
-thumbnail is a ``data:`` URI. Plots are drawn with matplotlib's Agg backend.
+thumbnail is a ``data:`` URI. Plots are drawn on bare matplotlib Figures (no pyplot),
+so the application's matplotlib backend is left as it is.
 
 Sections: summary, per-class table, confusion-matrix heat map, reliability diagram,
 training curves (when the model directory has ``curves.csv``), and a gallery of the
@@ -17,26 +18,22 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from pyspark.sql import DataFrame, SparkSession
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from pyspark.sql import DataFrame, SparkSession  # noqa: E402
-
-from sparkvision import __version__  # noqa: E402
-from sparkvision.config import EvaluationSettings  # noqa: E402
-from sparkvision.evaluation.metrics import EvaluationResult, most_confidently_wrong  # noqa: E402
-from sparkvision.evaluation.thumbnails import thumbnails  # noqa: E402
+from sparkvision import __version__
+from sparkvision.config import EvaluationSettings
+from sparkvision.evaluation.metrics import EvaluationResult, most_confidently_wrong
+from sparkvision.evaluation.thumbnails import thumbnails
+from sparkvision.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +46,9 @@ COMPARE_HTML = "compare.html"
 
 # --------------------------------------------------------------------------- plots
 
-def _png(fig: plt.Figure) -> str:
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -77,7 +73,8 @@ def plot_confusion(result: EvaluationResult, limit: int) -> str:
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
     n = len(labels)
     side = min(16.0, max(4.5, 0.42 * n + 2.5))
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8 if n > 20 else 9)
     ax.set_yticks(range(n), labels, fontsize=8 if n > 20 else 9)
@@ -101,8 +98,8 @@ def plot_reliability(result: EvaluationResult) -> str | None:
     bins = result.calibration
     if not bins:
         return None
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.6, 6.2), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(5.6, 6.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = bins[0].upper - bins[0].lower
     centers = [(b.lower + b.upper) / 2 for b in bins]
     accs = [b.accuracy if b.accuracy is not None else 0.0 for b in bins]
@@ -177,7 +174,8 @@ def plot_curves(curves: pd.DataFrame) -> str | None:
     panels = [(name, groups[name]) for name in order if name in groups]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(panels), 3.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, cols) in zip(axes[0], panels, strict=True):
         for col in cols:
             ax.plot(x, curves[col], marker="o", ms=3, lw=1.5, label=col)
@@ -436,10 +434,10 @@ def write_report(
     """Write ``metrics.json`` and ``report.html`` into ``out_dir`` (a local directory); return the HTML path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / METRICS_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write(out / METRICS_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
     report = build_report(result, predictions, model_dir, spark, images, settings, title)
     path = out / REPORT_FILE
-    _atomic_write(path, render_html(report))
+    atomic_write(path, render_html(report))
     log.info("wrote %s and %s", out / METRICS_FILE, path)
     return path
 
@@ -450,12 +448,6 @@ def load_result(report_dir: str | Path) -> EvaluationResult:
     if not path.is_file():
         raise FileNotFoundError(f"{report_dir} holds no {METRICS_FILE} (write one with 'sparkvision evaluate')")
     return EvaluationResult.from_dict(json.loads(path.read_text("utf-8")))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- compare
@@ -521,7 +513,8 @@ def render_compare_html(comparison: dict[str, Any]) -> str:
     headline += [k for k in comparison["metrics"] if k.startswith("top") and k not in ("top1_accuracy",)]
     chart = ""
     if headline:
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(headline) * max(1, len(names)) / 2 + 3), 3.6))
+        fig = Figure(figsize=(max(5.0, 1.3 * len(headline) * max(1, len(names)) / 2 + 3), 3.6))
+        ax = fig.subplots()
         width = 0.8 / max(1, len(names))
         for i, name in enumerate(names):
             values = [comparison["metrics"][k][i] or 0.0 for k in headline]
@@ -548,7 +541,7 @@ def render_compare_html(comparison: dict[str, Any]) -> str:
 def write_compare(out_dir: str | Path, comparison: dict[str, Any]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / COMPARE_JSON, json.dumps(comparison, indent=2) + "\n")
+    atomic_write(out / COMPARE_JSON, json.dumps(comparison, indent=2) + "\n")
     path = out / COMPARE_HTML
-    _atomic_write(path, render_compare_html(comparison))
+    atomic_write(path, render_compare_html(comparison))
     return path

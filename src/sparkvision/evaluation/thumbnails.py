@@ -2,7 +2,7 @@
 
 Paths in predictions are whatever the image source wrote: ``file:`` URIs and local
 paths (read directly), other Hadoop URIs (``hdfs://``, ``s3a://``: read through the
-Hadoop FileSystem of the Spark session), and built-in dataset paths
+Hadoop FileSystem of the Spark session, see :mod:`sparkvision.storage`), and built-in dataset paths
 ``<dataset>/<part>/<index>.png`` (re-encoded from the installed arrays). When the
 predictions came from a sparkvision dataset whose files are gone, pass that dataset
 (``images``) and the bytes are looked up in it by path instead.
@@ -19,16 +19,16 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from PIL import Image
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from sparkvision import storage
 from sparkvision.config import DecodeSettings, EvaluationSettings
 from sparkvision.io.builtin import encode_png, is_builtin, load_arrays
 from sparkvision.io.decode import decode_image
-from sparkvision.io.errors import ErrorKind, ImageError
+from sparkvision.io.errors import ImageError
 from sparkvision.preprocess.color import to_model_mode
 
 log = logging.getLogger(__name__)
@@ -51,45 +51,6 @@ def _builtin_key(path: str) -> tuple[str, int] | None:
     name, part = match["name"], match["part"]
     key = name if part == "all" else f"{name}:{part}"
     return (key, int(match["index"])) if is_builtin(key) else None
-
-
-def _local_path(path: str) -> str | None:
-    if path.startswith("file:"):
-        local = path[len("file:"):]
-        if local.startswith("//"):
-            local = local[2:]  # file:///x and file://localhost/x
-            if not local.startswith("/"):
-                local = "/" + local.partition("/")[2]
-        return local
-    if "://" not in path:
-        return path
-    return None
-
-
-def _read_local(local: str, max_bytes: int) -> bytes:
-    candidates = [local] + ([unquote(local)] if "%" in local else [])
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            size = os.path.getsize(candidate)
-            if size > max_bytes:
-                raise ImageError(ErrorKind.TOO_LARGE, f"{size:,} bytes is too large for a thumbnail")
-            with open(candidate, "rb") as handle:
-                return handle.read()
-    raise FileNotFoundError(f"no such file: {local}")
-
-
-def _read_hadoop(spark: SparkSession, uri: str, max_bytes: int) -> bytes:
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    size = fs.getFileStatus(path).getLen()
-    if size > max_bytes:
-        raise ValueError(f"{size:,} bytes is too large for a thumbnail")
-    stream = fs.open(path)
-    try:
-        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
 
 
 def read_image_bytes(
@@ -122,18 +83,16 @@ def read_image_bytes(
             continue
         try:
             builtin = _builtin_key(path)
-            local = _local_path(path)
+            local = storage.local_path_or_none(path)
             if builtin is not None and not (local and os.path.isfile(local)):
                 key, index = builtin
                 if key not in arrays:
                     arrays[key] = load_arrays(key)[0].images
                 out[path] = encode_png(arrays[key][index])  # type: ignore[index]
             elif local is not None:
-                out[path] = _read_local(local, settings.max_thumbnail_bytes)
-            elif spark is not None:
-                out[path] = _read_hadoop(spark, path, settings.max_thumbnail_bytes)
-            else:
-                raise ValueError(f"cannot read {path} without a Spark session")
+                out[path] = storage.read_bytes(local, max_bytes=settings.max_thumbnail_bytes)
+            else:  # through Hadoop with a session, else pyarrow's filesystems
+                out[path] = storage.read_bytes(path, spark, settings.max_thumbnail_bytes)
         except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not cost the report
             log.debug("no thumbnail for %s: %s", path, exc)
             out[path] = exc

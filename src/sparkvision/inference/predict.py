@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
-from sparkvision.io import fs
+from sparkvision import storage
 from sparkvision.io.schema import ERROR, LABEL, PATH
 from sparkvision.models.model_dir import ModelCard, load_card
 from sparkvision.progress import spark_progress
@@ -88,7 +88,7 @@ class LoadedModel:
 
 def load_model(model_dir: str | Path, batch_size: int | None = None) -> LoadedModel:
     """Any sparkvision model directory as a Transformer producing ``prediction``/``probability``/``error``."""
-    model_dir = Path(str(model_dir).removeprefix("file:")).resolve()
+    model_dir = Path(storage.local_path(model_dir)).resolve()
     card = load_card(model_dir)
     if card.kind == "spark_pipeline":
         if not card.spark_pipeline:
@@ -165,7 +165,7 @@ def predict(
     """
     model = load_model(model_dir, batch_size)
     predictions = model.predictions(frame)
-    with fs.atomic_output(spark, out, overwrite=overwrite) as staging:
+    with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "predict"):
             predictions.write.mode("errorifexists").parquet(staging)
         written = spark.read.parquet(staging)
@@ -173,8 +173,8 @@ def predict(
             rows = check_every_row_once(frame.select(PATH), written.select(PATH))
         summary = _summarize(written, rows)
         # `evaluate` reads the probability order from here when it is not given --model.
-        fs.write_text(spark, staging.rstrip("/") + "/" + PREDICTIONS_MARKER, json.dumps(
-            {"model": str(model.model_dir), "kind": model.card.kind, "labels": model.labels}, indent=2))
+        storage.write_text(staging.rstrip("/") + "/" + PREDICTIONS_MARKER, json.dumps(
+            {"model": str(model.model_dir), "kind": model.card.kind, "labels": model.labels}, indent=2), spark)
     return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, **summary)
 
 

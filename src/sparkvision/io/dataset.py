@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkvision.io import fs
+from sparkvision import storage
 from sparkvision.io.detection import object_classes
 from sparkvision.io.schema import DETECTION_COLUMNS, DETECTION_SCHEMA, IMAGE_COLUMNS, IMAGE_SCHEMA, OBJECTS
 
@@ -45,13 +45,13 @@ class DatasetManifest:
 
 def is_dataset(spark: SparkSession, uri: str) -> bool:
     try:
-        return fs.exists(spark, uri.rstrip("/") + "/" + MARKER)
+        return storage.exists(uri.rstrip("/") + "/" + MARKER, spark)
     except Exception:  # noqa: BLE001 - a malformed URI is simply not a dataset
         return False
 
 
 def read_manifest(spark: SparkSession, uri: str) -> DatasetManifest:
-    data = json.loads(fs.read_text(spark, uri.rstrip("/") + "/" + MARKER))
+    data = json.loads(storage.read_text(uri.rstrip("/") + "/" + MARKER, spark))
     return DatasetManifest(**data)
 
 
@@ -79,13 +79,13 @@ def write_dataset(
     """
     detect = OBJECTS in frame.columns
     frame = frame.select(*(DETECTION_COLUMNS if detect else IMAGE_COLUMNS))
-    with fs.atomic_output(spark, uri, overwrite=overwrite) as staging:
+    with storage.atomic_dir(uri, spark, overwrite=overwrite) as staging:
         frame.write.mode("errorifexists").parquet(staging)
         manifest = summarize_written(spark, staging, source)
         if detect:
             manifest.task = "detect"
             manifest.classes = list(classes) if classes is not None else object_classes(spark.read.parquet(staging))
-        fs.write_text(spark, staging + "/" + MARKER, manifest.to_json())
+        storage.write_text(staging + "/" + MARKER, manifest.to_json(), spark)
     return manifest
 
 

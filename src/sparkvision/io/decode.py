@@ -2,8 +2,11 @@
 
 Every failure becomes an :class:`ImageError` of a known kind, so callers record it
 on the row and go on. The decompression-bomb guard is sparkvision's own, with a
-limit per call (ingestion's default, tiling's higher one), so Pillow's global guard
-is switched off in favour of it.
+limit per call (ingestion's default, tiling's higher one), checked from the header
+before any pixel is decoded. Pillow's process-wide settings (``Image.MAX_IMAGE_PIXELS``,
+``ImageFile.LOAD_TRUNCATED_IMAGES``) belong to the application and are never changed:
+where Pillow's guard would refuse an image that sparkvision's limit allows, the image
+is opened through its format plugin directly (:func:`pillow_open`).
 """
 
 from __future__ import annotations
@@ -16,13 +19,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from sparkvision.config import DecodeSettings
 from sparkvision.io.errors import ErrorKind, ImageError
-
-Image.MAX_IMAGE_PIXELS = None  # replaced by DecodeSettings.max_pixels, checked per call
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 #: EXIF orientations that swap width and height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -112,15 +112,45 @@ def _header_cut(data: bytes, claimed: str) -> bool:
     return len(data) < 64
 
 
+def pillow_open(data: bytes) -> Image.Image:
+    """``Image.open`` of in-memory bytes (header only), leaving the pixel limit to the caller.
+
+    Pillow's ``DecompressionBombWarning`` is silenced for this call, and when its global
+    limit refuses the image outright the bytes are opened again through the registered
+    format plugins, as ``Image.open`` does but without that check: the caller applies
+    its own per-call limit next. Raises what ``Image.open`` raises otherwise.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            return _open_with_plugins(data)
+
+
+def _open_with_plugins(data: bytes) -> Image.Image:
+    prefix = data[:16]
+    for load_plugins in (Image.preinit, Image.init):
+        load_plugins()
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            accepted = accept(prefix) if accept is not None else True
+            if not accepted or isinstance(accepted, str):
+                continue
+            try:
+                return factory(io.BytesIO(data), "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue  # as Image.open: not this format after all
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def _open(data: bytes | None) -> Image.Image:
     if data is None:
         raise ImageError(ErrorKind.UNREADABLE, "no content was read for this file")
     if len(data) == 0:
         raise ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Image.open(io.BytesIO(data))
+        return pillow_open(data)
     except UnidentifiedImageError:
         claimed = sniff_format(data)
         if claimed is not None and _header_cut(data, claimed):
@@ -130,6 +160,8 @@ def _open(data: bytes | None) -> Image.Image:
         if claimed is not None:
             raise ImageError(ErrorKind.CORRUPT, f"starts like a {claimed} file but its header cannot be parsed") from None
         raise ImageError(ErrorKind.NOT_AN_IMAGE, f"no image format recognises these {len(data)} bytes") from None
+    except Image.DecompressionBombError as exc:  # a plugin's own check while reading the header (GIF frames)
+        raise ImageError(ErrorKind.TOO_MANY_PIXELS, str(exc)) from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error) as exc:
         if _is_truncation(exc):
             raise ImageError(ErrorKind.TRUNCATED, f"the data ends inside the header ({exc})") from None
@@ -165,6 +197,8 @@ def _load(img: Image.Image) -> None:
         raise ImageError(ErrorKind.CORRUPT, f"{type(exc).__name__}: {exc}") from None
     except MemoryError:
         raise ImageError(ErrorKind.TOO_MANY_PIXELS, "not enough memory to decode this image") from None
+    except Image.DecompressionBombError as exc:  # a GIF frame larger than its header said
+        raise ImageError(ErrorKind.TOO_MANY_PIXELS, str(exc)) from None
 
 
 def _header_orientation(img: Image.Image) -> int:

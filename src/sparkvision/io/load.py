@@ -9,6 +9,7 @@ from typing import Literal
 
 from pyspark.sql import DataFrame, SparkSession
 
+from sparkvision import storage
 from sparkvision.config import DecodeSettings, IngestSettings
 from sparkvision.io.builtin import is_builtin, read_builtin
 from sparkvision.io.dataset import is_dataset, read_dataset
@@ -28,8 +29,7 @@ def resolve_kind(spark: SparkSession, src: str) -> str:
         return "voc"
     if is_coco_file(src):
         return "coco"
-    scheme = src.split(":", 1)[0] if "://" in src or src.startswith("file:") else ""
-    if scheme in ("", "file"):
+    if storage.is_local(src):
         return "folder"
     return "binaryFile"
 
@@ -65,7 +65,7 @@ def load_images(
     if kind == "dataset":
         return read_dataset(spark, src)
     if kind == "folder":
-        if not os.path.isdir(src[len("file:"):] if src.startswith("file:") else src):
+        if not os.path.isdir(storage.local_path(src)):
             raise FileNotFoundError(
                 f"{src!r} is not a built-in dataset, a sparkvision dataset or a folder of images"
             )

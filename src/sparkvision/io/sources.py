@@ -26,15 +26,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
+from sparkvision import storage
 from sparkvision.config import DecodeSettings, IngestSettings
-from sparkvision.io import fs
 from sparkvision.io.decode import probe_image
 from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
@@ -86,9 +85,7 @@ def _wanted(name: bytes, settings: IngestSettings, glob: str | None) -> bool:
 def list_folder(root: str, settings: IngestSettings | None = None, glob: str | None = None) -> FolderListing:
     """Walk ``root`` (a local path or ``file:`` URI) with bytes paths so no name is lost."""
     settings = settings or IngestSettings()
-    local = root[len("file:"):] if root.startswith("file:") else root
-    local = "/" + local.lstrip("/") if root.startswith("file:") else local
-    root_bytes = os.fsencode(os.path.abspath(local))
+    root_bytes = os.fsencode(os.path.abspath(storage.local_path(root)))
     if not os.path.isdir(root_bytes):
         raise FileNotFoundError(f"image folder {root!r} does not exist or is not a directory")
     rows: list[tuple[str, str | None, bytes, int]] = []
@@ -254,13 +251,6 @@ def _case_insensitive_glob(extensions: tuple[str, ...]) -> str:
     return "*.{" + ",".join(letters(ext) for ext in extensions) + "}"
 
 
-def _qualified_root(spark: SparkSession, uri: str) -> str:
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return fs.makeQualified(path).toString().rstrip("/")
-
-
 def _label_of(path: str, root: str) -> str | None:
     if not path.startswith(root + "/"):
         return None
@@ -277,22 +267,15 @@ def _glob_base(uri: str) -> str:
     return uri
 
 
-def _hadoop_path(uri: str) -> str:
-    """Spark's ``inputFiles()`` URI text (``file:///a%20b``) as its scans print paths (``file:/a b``)."""
-    parts = urlsplit(uri)
-    authority = f"//{parts.netloc}" if parts.netloc else ""
-    return f"{parts.scheme}:{authority}{unquote(parts.path)}" if parts.scheme else unquote(parts.path)
-
-
 def _depth_ok(path: str, root: str, recursive: bool) -> bool:
     """Without recursion only ``root/file`` and ``root/class/file`` are read, as the folder source does."""
     return recursive or path[len(root) + 1:].count("/") <= 1
 
 
 def _unscanned_error(path: str) -> str:
-    if path.startswith("file:"):
+    if storage.scheme(path) == "file":
         try:
-            status = os.stat(path[len("file:"):])
+            status = os.stat(storage.local_path(path))
         except OSError as exc:
             return ImageError(ErrorKind.UNREADABLE, f"cannot read file ({exc.strerror})").message
         if not stat.S_ISREG(status.st_mode):
@@ -347,8 +330,8 @@ def read_binary_files(
     ingest = ingest or IngestSettings()
     decode = decode or DecodeSettings()
     base = _glob_base(uri)
-    root = _qualified_root(spark, base)  # labels are the first folder below it
-    if not fs.exists(spark, root):
+    root = storage.qualify(spark, base).rstrip("/")  # labels are the first folder below it
+    if not storage.exists(root, spark):
         raise FileNotFoundError(f"{base!r} does not exist")
     reader = (
         spark.read.format("binaryFile")
@@ -358,14 +341,14 @@ def read_binary_files(
         .option("ignoreCorruptFiles", "true")
         .option("ignoreMissingFiles", "true")
     )
-    if root.startswith("file:"):
+    if storage.scheme(root) == "file":
         # Hadoop's checksumming local FS opens a '.name.crc' sibling, and cannot build that
         # path for names with ':' (Relative path in absolute URI); the raw FS reads them.
         reader = reader.option("fs.file.impl", "org.apache.hadoop.fs.RawLocalFileSystem").option(
             "fs.file.impl.disable.cache", "true"
         )
     files = reader.load(uri)
-    listed = [_hadoop_path(u) for u in files.inputFiles()]
+    listed = [storage.spark_path(u) for u in files.inputFiles()]
     pattern = re.compile("(" + "|".join(re.escape(e) for e in ingest.extensions) + ")$", re.IGNORECASE)
     listed = sorted({p for p in listed if pattern.search(p) and _depth_ok(p, root, ingest.recursive)})
     log.info("Spark listed %d files under %s", len(listed), root)
@@ -377,7 +360,7 @@ def read_binary_files(
         partial(_describe_binary_batches, root=root, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe),
         IMAGE_SCHEMA,
     )
-    if root.startswith("file:") and base == uri:
+    if storage.scheme(root) == "file" and base == uri:
         unseen = _unseen_local_files(root, set(listed), ingest, glob)
         if len(unseen):
             log.warning("%d files under %s are invisible to Hadoop (dangling links, names that are not UTF-8); "

@@ -44,6 +44,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from sparkvision import storage
 from sparkvision.config import PreprocessConfig, TransferSettings
 from sparkvision.io.schema import CONTENT, ERROR, LABEL, PATH
 from sparkvision.ml.base import HasErrorCol
@@ -245,7 +246,7 @@ class TransferModel:
         from sparkvision.models.model_dir import SPARK_PIPELINE_DIR, ModelCard, save_card
 
         spark = SparkSession.active()
-        out_path = Path(out[len("file:"):] if out.startswith("file:") else out).resolve()
+        out_path = Path(storage.local_path(out)).resolve()
         card = ModelCard(
             name=name or out_path.name,
             kind="spark_pipeline",
@@ -257,11 +258,9 @@ class TransferModel:
             provenance=self.provenance,
             metrics=self.metrics,
         )
-        from sparkvision.io import fs
-
-        with fs.atomic_output(spark, str(out_path), overwrite=overwrite) as staging:
+        with storage.atomic_dir(storage.file_uri(out_path), spark, overwrite=overwrite) as staging:
             self.pipeline.write().save(f"{staging}/{SPARK_PIPELINE_DIR}")
-            save_card(staging[len("file:"):] if staging.startswith("file:") else staging, card)
+            save_card(storage.local_path(staging), card)
         log.info("saved model to %s", out_path)
         return out_path
 

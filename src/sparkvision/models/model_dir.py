@@ -21,7 +21,6 @@ of every ``probability`` vector the model produces.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Literal
 
 from sparkvision import __version__
 from sparkvision.config import PreprocessConfig
+from sparkvision.storage import atomic_write
 
 CARD_FILE = "sparkvision_model.json"
 LABELS_FILE = "labels.txt"
@@ -81,10 +81,10 @@ def save_card(model_dir: str | Path, card: ModelCard) -> Path:
     """Write the card and labels (atomically each), creating the directory."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(model_dir / LABELS_FILE, "\n".join(card.labels) + "\n")
-    _atomic_write(model_dir / CARD_FILE, json.dumps(card.to_dict(), indent=2) + "\n")
+    atomic_write(model_dir / LABELS_FILE, "\n".join(card.labels) + "\n")
+    atomic_write(model_dir / CARD_FILE, json.dumps(card.to_dict(), indent=2) + "\n")
     if card.metrics:
-        _atomic_write(model_dir / METRICS_FILE, json.dumps(card.metrics, indent=2) + "\n")
+        atomic_write(model_dir / METRICS_FILE, json.dumps(card.metrics, indent=2) + "\n")
     return model_dir
 
 
@@ -103,9 +103,3 @@ def onnx_path(model_dir: str | Path, card: ModelCard | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"model {model_dir} names {card.onnx} but the file is missing")
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

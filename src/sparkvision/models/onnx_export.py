@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch import nn
 from sparkvision import __version__
 from sparkvision.config import cache_dir
 from sparkvision.models.registry import create_model, get_spec
+from sparkvision.storage import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +52,20 @@ def export_onnx(
     half-written model behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapped: nn.Module = FeaturesAndLogits(model) if with_features else model
     outputs = ["features", "logits"] if with_features else ["logits"]
     was_training = model.training
     wrapped.eval()
     dummy = torch.zeros(2, *input_shape)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with atomic_file(path) as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapped, (dummy,), tmp, input_names=[INPUT], output_names=outputs,
                 dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]},
                 opset_version=OPSET, dynamo=False, do_constant_folding=True,
             )
-        os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         model.train(was_training)
     log.info("exported ONNX model to %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path

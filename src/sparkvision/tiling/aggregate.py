@@ -21,7 +21,6 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +39,8 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from sparkvision import storage
 from sparkvision.config import HeatmapSettings, TilingSettings
-from sparkvision.io import fs
 from sparkvision.io.errors import ImageError
 from sparkvision.tiling.heatmap import (
     Box,
@@ -234,14 +233,14 @@ def write_results(
 
     ``out`` must be a local directory: PNG files are written by the driver.
     """
-    local = out[len("file:"):] if out.startswith("file:") else out
-    if "://" in local:
+    if not storage.is_local(out):
         raise ValueError(f"heat-map output must be a local directory, got {out}")
-    summary: dict[str, Any] = {"out": os.path.abspath(local)}
+    local = os.path.abspath(storage.local_path(out))
+    summary: dict[str, Any] = {"out": local}
     # Written as Parquet, then iterated for the files: computed (tiled, classified) once.
     images = images.persist(StorageLevel.MEMORY_AND_DISK)
-    with fs.atomic_output(spark, "file:" + os.path.abspath(local), overwrite=overwrite) as staging:
-        stage_dir = Path(staging[len("file:"):] if staging.startswith("file:") else staging)
+    with storage.atomic_dir(storage.file_uri(local), spark, overwrite=overwrite) as staging:
+        stage_dir = Path(storage.local_path(staging))
         if tile_predictions is not None:
             tile_predictions.write.parquet(str(stage_dir / "tile_predictions"))
         images.select(*[f.name for f in IMAGE_RESULT_SCHEMA.fields if f.name not in ("overlays", "heat")]).write.parquet(
@@ -276,7 +275,3 @@ def write_results(
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     images.unpersist()
     return summary
-
-
-def settings_dict(settings: HeatmapSettings) -> dict[str, Any]:
-    return asdict(settings)

@@ -15,7 +15,6 @@ whole. The pixels equal Pillow's whole-image decode (tests compare them).
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from typing import BinaryIO
@@ -23,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from sparkvision.io.decode import pillow_open
 from sparkvision.io.errors import ErrorKind, ImageError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -128,7 +128,7 @@ class PngRowStream:
         header = struct.pack(">IIBBBBB", self.row_bytes // self.pixel_bytes, rows, 8, relabel_type, 0, 0, 0)
         png = SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(lead + filtered, 0)) + _chunk(b"IEND", b"")
         try:
-            band = Image.open(io.BytesIO(png))
+            band = pillow_open(png)  # the scene's own pixel limit was checked when it was opened
             band.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError(ErrorKind.CORRUPT, f"PNG rows {self.next_row}+ cannot be decoded ({exc})") from None

@@ -27,15 +27,14 @@ import io
 import json
 import logging
 import math
-import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
-from urllib.parse import unquote
 
 import numpy as np
 
+from sparkvision import storage
 from sparkvision.config import DecodeSettings, TilingSettings
 from sparkvision.io.decode import decode_image, probe_image
 from sparkvision.io.errors import ErrorKind, ImageError
@@ -589,34 +588,13 @@ class PillowScene(SceneReader):
 # --------------------------------------------------------------------------- opening
 
 
-def local_path(path: str) -> str | None:
-    """The local file behind ``path`` (plain path or ``file:`` URI), None for other schemes."""
-    if path.startswith("file:"):
-        rest = path[len("file:"):]
-        if rest.startswith("//"):
-            rest = rest[2:]
-            rest = rest[rest.index("/"):] if "/" in rest else rest
-        if not os.path.exists(rest) and os.path.exists(unquote(rest)):
-            rest = unquote(rest)
-        return rest
-    if "://" in path:
-        return None
-    return path
-
-
 def open_path(path: str) -> BinaryIO:
     """A seekable binary file for a local path, ``file:`` URI, or any URI pyarrow's filesystems know."""
     try:
-        local = local_path(path)
-        if local is not None:
-            return open(local, "rb")  # noqa: SIM115 - the reader owns and closes it
-        from pyarrow import fs as pafs
-
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        return filesystem.open_input_file(inner)
+        return storage.open_input(path)
     except OSError as exc:
         raise ImageError(ErrorKind.UNREADABLE, f"cannot open {path} ({exc.strerror or exc})") from None
-    except Exception as exc:  # noqa: BLE001 - unknown scheme, missing filesystem support
+    except Exception as exc:  # noqa: BLE001 - remote file: host, unknown scheme, missing filesystem support
         raise ImageError(ErrorKind.UNREADABLE, f"cannot open {path} ({type(exc).__name__}: {exc})") from None
 
 

@@ -62,11 +62,11 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from sparkvision import storage
 from sparkvision.config import DecodeSettings, IngestSettings, TilingSettings
-from sparkvision.io import fs
 from sparkvision.io.load import load_images, resolve_kind
 from sparkvision.io.sources import list_folder
-from sparkvision.tiling.readers import TILE_EXTENSIONS, local_path
+from sparkvision.tiling.readers import TILE_EXTENSIONS
 from sparkvision.tiling.tiler import TILE_COLUMNS, Unit, plan_source, run_unit
 
 log = logging.getLogger(__name__)
@@ -247,9 +247,9 @@ _PATHS_SCHEMA = StructType([StructField("path", _STR, False), StructField("label
 def list_sources(spark: SparkSession, src: str, glob: str | None = None, recursive: bool = True) -> DataFrame:
     """SRC for tiling: a built-in name or dataset gives image rows with bytes; a file,
     folder or URI gives paths only (no bytes are read on the driver or shuffled)."""
-    local = local_path(src)
+    local = storage.local_path_or_none(src)
     if local is not None and os.path.isfile(local):
-        path = src if src.startswith("file:") else "file:" + os.path.abspath(local)
+        path = src if storage.scheme(src) == "file" else storage.file_uri(local)
         return spark.createDataFrame(pd.DataFrame({"path": [path], "label": [None]}), schema=_PATHS_SCHEMA)
     kind = resolve_kind(spark, src)
     if kind in ("builtin", "dataset"):
@@ -261,9 +261,9 @@ def list_sources(spark: SparkSession, src: str, glob: str | None = None, recursi
         log.info("listed %d files to tile under %s", len(files), src)
         return spark.createDataFrame(files if len(files) else pd.DataFrame(columns=["path", "label"]),
                                      schema=_PATHS_SCHEMA)
-    from sparkvision.io.sources import _case_insensitive_glob, _label_of, _qualified_root
+    from sparkvision.io.sources import _case_insensitive_glob, _label_of
 
-    root = _qualified_root(spark, src)
+    root = storage.qualify(spark, src).rstrip("/")
     listing = (
         spark.read.format("binaryFile").option("recursiveFileLookup", str(recursive).lower())
         .option("pathGlobFilter", glob or _case_insensitive_glob(TILE_EXTENSIONS)).load(src).select("path")
@@ -324,25 +324,14 @@ def write_tiles(
     settings: TilingSettings | None = None,
 ) -> TileManifest:
     """Write tile rows atomically, with a manifest of counts (``_sparkvision_tiles.json``)."""
-    with fs.atomic_output(spark, uri, overwrite=overwrite) as staging:
+    with storage.atomic_dir(uri, spark, overwrite=overwrite) as staging:
         frame.select(*TILE_COLUMNS).write.mode("errorifexists").parquet(staging)
         manifest = summarize_tiles(spark.read.parquet(staging))
         manifest.source = source
         manifest.settings = asdict(settings) if settings else {}
-        fs.write_text(spark, staging + "/" + MARKER, json.dumps(manifest.to_dict(), indent=2) + "\n")
+        storage.write_text(staging + "/" + MARKER, json.dumps(manifest.to_dict(), indent=2) + "\n", spark)
     return manifest
-
-
-def is_tile_dataset(spark: SparkSession, uri: str) -> bool:
-    try:
-        return fs.exists(spark, uri.rstrip("/") + "/" + MARKER)
-    except Exception:  # noqa: BLE001 - a malformed URI is simply not a dataset
-        return False
 
 
 def read_tiles(spark: SparkSession, uri: str) -> DataFrame:
     return spark.read.schema(TILE_SCHEMA).parquet(uri).select(*TILE_COLUMNS)
-
-
-def read_tile_manifest(spark: SparkSession, uri: str) -> dict[str, Any]:
-    return json.loads(fs.read_text(spark, uri.rstrip("/") + "/" + MARKER))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sparkvision import storage
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.preprocess import ImagePreprocessor
 
@@ -39,16 +39,9 @@ SMALL_COLUMNS = ["path", "label", "error"]
 DECODE_CHUNK = 512
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local path, ``file:`` URI or Hadoop-style URI."""
-    if "://" in uri or uri.startswith("file:"):
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
 def parquet_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     """The dataset's Parquet part files, sorted; Spark's ``_*`` and ``.*`` side files skipped."""
-    fs, root = filesystem(uri)
+    fs, root = storage.arrow_filesystem(uri)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         return fs, [root]
@@ -143,7 +136,7 @@ def shard_rows(usable: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 def read_contents(index: DatasetIndex, rows: np.ndarray) -> list[bytes | None]:
     """The encoded bytes of ``rows`` (dataset positions), in that order; only their row groups are read."""
-    fs, _ = filesystem(index.uri)
+    fs, _ = storage.arrow_filesystem(index.uri)
     out: list[bytes | None] = [None] * len(rows)
     keys = index.file_index[rows].astype(np.int64) * 1_000_000 + index.row_group[rows]
     order = np.argsort(keys, kind="stable")
@@ -283,7 +276,6 @@ def prepare_sources(
     from pyspark.sql import functions as F
 
     from sparkvision.io import assign_splits, load_images, write_dataset
-    from sparkvision.io import fs as hfs
     from sparkvision.io.dataset import is_dataset
 
     read = source_reader or (lambda src: load_images(spark, src, probe="header"))
@@ -295,8 +287,8 @@ def prepare_sources(
     sources = {"train": train_src, "val": val_src, "test": test_src, "fractions": fractions, "seed": seed}
     work = work_dir.rstrip("/")
     stamp = work + "/prepared.json"
-    if hfs.exists(spark, stamp):
-        previous = json.loads(hfs.read_text(spark, stamp))
+    if storage.exists(stamp, spark):
+        previous = json.loads(storage.read_text(stamp, spark))
         if previous.get("sources") == sources and all(is_dataset(spark, u) for u in previous["written"]):
             log.info("reusing the datasets prepared in %s", work)
             p = previous["parts"]
@@ -339,5 +331,5 @@ def prepare_sources(
             write_dataset(spark, read(src), uri, overwrite=True, source=src)
             parts[name] = uri
             written.append(uri)
-    hfs.write_text(spark, stamp, json.dumps({"sources": sources, "parts": parts, "written": written}, indent=2))
+    storage.write_text(stamp, json.dumps({"sources": sources, "parts": parts, "written": written}, indent=2), spark)
     return PreparedData(parts["train"], parts["val"], parts["test"], sources, written)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sparkvision import __version__
+from sparkvision import __version__, storage
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.config.training import TrainConfig
 from sparkvision.training.data import prepare_sources, read_index
@@ -60,13 +60,10 @@ class TrainResult:
 
 
 def _local_path(uri: str) -> str:
-    if uri.startswith("file:"):
-        uri = uri[len("file:"):]
-        while uri.startswith("//"):
-            uri = uri[1:]
-    if "://" in uri:
-        raise ValueError(f"the model directory must be a local or shared-mount path, got {uri!r}")
-    return os.path.abspath(uri)
+    try:
+        return os.path.abspath(storage.local_path(uri))
+    except storage.NotLocalError as exc:
+        raise ValueError(f"the model directory must be a local or shared-mount path: {exc}") from None
 
 
 def _prepare_out(out: str, config: TrainConfig, overwrite: bool) -> None:
@@ -85,12 +82,9 @@ def _prepare_out(out: str, config: TrainConfig, overwrite: bool) -> None:
 
 def _remove_work(spark, work_dir: str, written: list[str], default: bool) -> None:
     """Delete the datasets this run wrote (the whole default work directory)."""
-    from sparkvision.io import fs as hfs
-
     targets = [work_dir] if default else [*written, work_dir.rstrip("/") + "/prepared.json"]
     for uri in targets:
-        if hfs.exists(spark, uri):
-            hfs.delete(spark, uri)
+        storage.delete(uri, spark)
 
 
 def _progress_tty() -> str | None:

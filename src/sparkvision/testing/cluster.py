@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision.config import ClusterSettings
+from sparkvision.testing.proc import alive, cmdline, descendants
 
 log = logging.getLogger(__name__)
 
@@ -54,58 +55,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _children(pid: int) -> list[int]:
-    """Children of every thread of ``pid`` (a JVM starts processes from its worker threads)."""
-    found: list[int] = []
-    try:
-        threads = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for thread in threads:
-        try:
-            found += [int(p) for p in (thread / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (executors, Spark's Python daemon and its workers)."""
-    found: list[int] = []
-    stack = _children(pid)
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(_children(child))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def peak_rss_mib(pid: int) -> float | None:
-    """Peak resident memory (VmHWM) of a live process, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
 @dataclass
 class Daemon:
     """One Spark daemon process: its pid is also its process group id."""
@@ -123,7 +72,7 @@ class Daemon:
             return self.process.poll() is None
         # Started elsewhere (a state file): the pid must still run a Spark daemon, so a pid
         # the OS has since given to another program is never mistaken for it.
-        return _alive(self.pid) and "org.apache.spark.deploy" in cmdline(self.pid)
+        return alive(self.pid) and "org.apache.spark.deploy" in cmdline(self.pid)
 
     def to_dict(self) -> dict[str, Any]:
         return {"role": self.role, "pid": self.pid, "port": self.port, "webui_port": self.webui_port,

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from sparkvision.io.builtin import FASHION_MNIST_DIR, read_idx
+from sparkvision.storage import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +246,8 @@ def append_linear_head(backbone: Path, weight: np.ndarray, bias: np.ndarray, out
         if output.name == "logits":
             output.type.tensor_type.shape.dim[1].dim_value = weight.shape[0]
     onnx.checker.check_model(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        onnx.save(model, tmp)
     return out
 
 

@@ -7,7 +7,7 @@
   one (Spark's Python workers under the JVM) while Spark tiles, and keeps each one's
   peak (``VmHWM``), so the executors' memory is measured, not the driver's.
 
-Run as ``python -m sparkvision.tiling.profile PATH [SETTINGS_JSON]``: prints one JSON line.
+Run as ``python -m sparkvision.testing.profile PATH [SETTINGS_JSON]``: prints one JSON line.
 """
 
 from __future__ import annotations
@@ -22,50 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 from sparkvision.config import TilingSettings
-
-
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return 0
-    return 0
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        tree.setdefault(parent, []).append(int(name))
-    return tree
-
-
-def descendants(root: int | None = None) -> list[int]:
-    tree = _children()
-    out: list[int] = []
-    stack = list(tree.get(root or os.getpid(), []))
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(tree.get(pid, []))
-    return out
-
-
-def _is_python(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"python" in handle.read().split(b"\0", 1)[0]
-    except OSError:
-        return False
+from sparkvision.testing.proc import descendants, is_python, status_kib
 
 
 class WorkerPeaks:
@@ -79,8 +36,8 @@ class WorkerPeaks:
 
     def _sample(self) -> None:
         for pid in descendants():
-            if pid in self.peaks_kib or _is_python(pid):
-                peak = max(_status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS"))
+            if pid in self.peaks_kib or is_python(pid):
+                peak = max(status_kib(pid, "VmHWM"), status_kib(pid, "VmRSS"))
                 if peak:
                     self.peaks_kib[pid] = max(self.peaks_kib.get(pid, 0), peak)
 
@@ -107,7 +64,7 @@ def one_process_peak(path: str, settings: TilingSettings | None = None, timeout:
     settings = settings or TilingSettings()
     payload = json.dumps(asdict(settings))
     done = subprocess.run(
-        [sys.executable, "-m", "sparkvision.tiling.profile", path, payload],
+        [sys.executable, "-m", "sparkvision.testing.profile", path, payload],
         capture_output=True, text=True, timeout=timeout, check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -121,7 +78,7 @@ def _child(path: str, payload: str) -> dict[str, Any]:
         if data.get(key) is not None:
             data[key] = tuple(data[key])
     settings = TilingSettings(**data)
-    before = _status_kib(os.getpid(), "VmRSS") / 1024.0
+    before = status_kib(os.getpid(), "VmRSS") / 1024.0
     started = time.perf_counter()
     tiles = kept = errors = content_bytes = 0
     for row in iter_tiles(path, settings=settings):
@@ -134,7 +91,7 @@ def _child(path: str, payload: str) -> dict[str, Any]:
         "tiles": tiles, "kept": kept, "errors": errors, "tile_bytes": content_bytes, "seconds": seconds,
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would count the
         # parent's memory at fork time; VmHWM belongs to this process's own address space.
-        "rss_before_mib": before, "peak_rss_mib": _status_kib(os.getpid(), "VmHWM") / 1024.0,
+        "rss_before_mib": before, "peak_rss_mib": status_kib(os.getpid(), "VmHWM") / 1024.0,
     }
 
 
