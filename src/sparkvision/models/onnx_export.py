@@ -20,7 +20,7 @@ from torch import nn
 
 from sparkvision import __version__
 from sparkvision.config import cache_dir
-from sparkvision.models.registry import create_model, get_spec
+from sparkvision.models import create_model, get_spec
 
 log = logging.getLogger(__name__)
 

@@ -78,7 +78,7 @@ class TrainJob:
 
 def resolve_preprocess(model: ModelConfig) -> PreprocessConfig:
     """The registered model's preprocessing with the config's size/channel overrides."""
-    from sparkvision.models.registry import get_spec
+    from sparkvision.models import get_spec
 
     base = get_spec(model.arch).preprocess
     changes: dict[str, Any] = {}
@@ -96,7 +96,7 @@ def resolve_preprocess(model: ModelConfig) -> PreprocessConfig:
 def build_model(model_cfg: ModelConfig, num_classes: int, channels: int) -> tuple[nn.Module, list[dict], list[nn.Module]]:
     """The network, its parameter groups (with ``lr_mult``), and the frozen modules
     (kept in eval mode so their batch-norm statistics stay as pretrained)."""
-    from sparkvision.models.registry import create_model, get_spec
+    from sparkvision.models import create_model, get_spec
 
     if model_cfg.init_from:
         return _initial_model(model_cfg, num_classes, channels)
