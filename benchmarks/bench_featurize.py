@@ -53,8 +53,8 @@ def _subset_folder(files: list[Path], dst: Path) -> Path:
 
 
 def _ceiling(files: list[Path], threads: int, batch: int, repeat: int) -> float:
+    from sparkvision.models import get_spec
     from sparkvision.models.onnx_export import registered_onnx
-    from sparkvision.models.registry import get_spec
     from sparkvision.models.runtime import OnnxModel
     from sparkvision.preprocess import ImagePreprocessor
 
@@ -102,7 +102,7 @@ def _tutorial_udf(spark, folder: Path, threads: int) -> float:
         # (this function is pickled by value, so a closure variable would not survive tasks).
         model = getattr(sys, "_bench_tutorial_model", None)
         if model is None:
-            from sparkvision.models.registry import create_model
+            from sparkvision.models import create_model
 
             torch.set_num_threads(threads)
             model = create_model("efficientnet_lite0", pretrained=True).eval()

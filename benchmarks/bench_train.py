@@ -63,7 +63,7 @@ def _load(uri: str):
     import pyarrow.parquet as pq
     import torch
 
-    from sparkvision.models.registry import get_spec
+    from sparkvision.models import get_spec
     from sparkvision.preprocess import ImagePreprocessor
     from sparkvision.training.data import parquet_files
 
@@ -80,7 +80,7 @@ def plain_loop(train_uri: str, val_uri: str, epochs: int, seed: int = 42) -> dic
     import torch
     import torch.nn.functional as F
 
-    from sparkvision.models.registry import create_model
+    from sparkvision.models import create_model
 
     started = time.perf_counter()
     x, y = _load(train_uri)

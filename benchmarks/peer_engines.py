@@ -46,7 +46,7 @@ def _batch_size() -> int:
 
 
 def _preprocessor():
-    from sparkvision.models.registry import get_spec
+    from sparkvision.models import get_spec
     from sparkvision.preprocess import ImagePreprocessor
 
     return ImagePreprocessor(get_spec(MODEL).preprocess)
@@ -90,7 +90,7 @@ def decode(folder: str, cores: int, repeat: int) -> dict:
 def torch_loop(folder: str, cores: int, repeat: int) -> dict:
     import torch
 
-    from sparkvision.models.registry import create_model
+    from sparkvision.models import create_model
 
     torch.set_num_threads(cores)
     started = time.perf_counter()

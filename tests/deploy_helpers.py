@@ -45,7 +45,7 @@ def imagenet_model_dir() -> Path:
 @functools.cache
 def tensors(split: str, per_class: int) -> tuple[np.ndarray, tuple[str, ...]]:
     """Preprocessed photos (through the model's own preprocessing) and their class names."""
-    from sparkvision.models.registry import get_spec
+    from sparkvision.models import get_spec
     from sparkvision.preprocess import ImagePreprocessor
 
     chosen = photos(split, per_class)

@@ -85,8 +85,8 @@ def test_accuracy_drop_refusal_and_force_through_the_cli(spark, imagenette, tmp_
 
 
 def test_pruning_zeroes_the_weakest_output_channels_of_each_convolution(tmp_path):
+    from sparkvision.models import create_model
     from sparkvision.models.onnx_export import export_onnx
-    from sparkvision.models.registry import create_model
 
     model = create_model("efficientnet_lite0", pretrained=True)
     convs = dict(prunable_convs(model))

@@ -12,8 +12,9 @@ from torch import nn
 from sparkvision.config import PreprocessConfig
 from sparkvision.io.schema import IMAGE_SCHEMA
 from sparkvision.ml.featurizer import ImageFeaturizer
+from sparkvision.models import get_spec
 from sparkvision.models.onnx_export import export_onnx, registered_onnx
-from sparkvision.models.registry import get_spec, register_onnx_model
+from sparkvision.models.registry import register_onnx_model
 from sparkvision.models.runtime import OnnxModel
 from sparkvision.preprocess import ImagePreprocessor
 

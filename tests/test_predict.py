@@ -16,9 +16,9 @@ from sparkvision.inference.predict import (
 )
 from sparkvision.io import load_images
 from sparkvision.ml.predictor import ImagePredictor
+from sparkvision.models import get_spec
 from sparkvision.models.model_dir import ModelCard, save_card
 from sparkvision.models.onnx_export import registered_onnx
-from sparkvision.models.registry import get_spec
 from sparkvision.storage import OutputExistsError
 
 

@@ -187,8 +187,8 @@ def test_cli_train_end_to_end(uninterrupted):
 def test_model_dirs_onnx_matches_the_torch_model(uninterrupted, digits_ds):
     import onnxruntime as ort
 
+    from sparkvision.models import create_model
     from sparkvision.models.model_dir import load_card, onnx_path
-    from sparkvision.models.registry import create_model
     from sparkvision.preprocess import ImagePreprocessor
     from sparkvision.training.data import read_contents, read_index
 

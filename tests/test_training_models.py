@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sparkvision.config.training import ModelConfig
-from sparkvision.models.registry import create_model, get_spec
+from sparkvision.models import create_model, get_spec
 from sparkvision.training.engine import build_model, resolve_preprocess
 
 

@@ -12,7 +12,20 @@ from sparkvision.config.training import PRESETS, TrainConfig, apply_overrides, p
 
 log = logging.getLogger(__name__)
 
-ARCHES = ["lenet5", "lenet5_1998", "smallcnn", "efficientnet_lite0"]
+
+
+class _RegisteredModels:
+    """``--arch`` choices: the registry's models, listed only when asked (the families import torch)."""
+
+    def __contains__(self, name: object) -> bool:
+        from sparkvision.models import list_models
+
+        return name in list_models()
+
+    def __iter__(self):
+        from sparkvision.models import list_models
+
+        return iter(list_models())
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -149,7 +162,8 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     run.add_argument("--preset", choices=sorted(PRESETS), default=None,
                      help="a named recipe; bigdl-lenet = lenet5, SGD lr 0.4, decay 0.0002, batch 2048, 20 epochs, "
                      "data normalisation. Flags given next to it win")
-    run.add_argument("--arch", choices=ARCHES, default=None, help="network (default lenet5)")
+    run.add_argument("--arch", choices=_RegisteredModels(), default=None, metavar="ARCH",
+                     help="a registered network: %(choices)s (default lenet5)")
     run.add_argument("--epochs", type=int, default=None, help="epochs (default 10)")
     run.add_argument("--batch-size", type=int, default=None,
                      help="global batch size, split evenly over the workers (default 128)")

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from sparkvision.config.validation import Validated
+
 #: Pixels above which a decode is refused unless a caller raises the limit.
 #: Pillow's own guard (89.5 MP) is the reference; tiling passes a higher limit explicitly.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -46,7 +48,7 @@ def cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class SparkSettings:
+class SparkSettings(Validated):
     """How the SparkSession is built: embedded by default, any cluster by ``master``."""
 
     master: str = field(default_factory=lambda: _env("MASTER", "local[*]") or "local[*]")
@@ -70,7 +72,7 @@ class SparkSettings:
 
 
 @dataclass(frozen=True)
-class DecodeSettings:
+class DecodeSettings(Validated):
     """Rules for turning stored bytes into pixels safely."""
 
     max_pixels: int = field(
@@ -83,7 +85,7 @@ class DecodeSettings:
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Validated):
     """How pixels become a model's input tensor; one per model, shared by training,
     batch inference and serving so they can never disagree."""
 
@@ -99,15 +101,12 @@ class PreprocessConfig:
     pad_value: int = 0
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        super().__post_init__()
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(
                 f"mean/std need {self.channels} values for {self.channels} channels, "
                 f"got mean={self.mean!r} std={self.std!r}"
             )
-        if self.resize_mode not in ("resize", "center_crop", "letterbox"):
-            raise ValueError(f"resize_mode must be resize, center_crop or letterbox, got {self.resize_mode!r}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
 
@@ -136,7 +135,7 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
-class IngestSettings:
+class IngestSettings(Validated):
     """What counts as an image file when a folder is listed."""
 
     extensions: tuple[str, ...] = (
@@ -151,7 +150,7 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
-class EvaluationSettings:
+class EvaluationSettings(Validated):
     """How ``evaluate`` judges predictions and what its report shows."""
 
     #: The k of top-k accuracy (top-1 from the probabilities is always reported too).
@@ -170,7 +169,7 @@ class EvaluationSettings:
 
 
 @dataclass(frozen=True)
-class ClusterSettings:
+class ClusterSettings(Validated):
     """A Spark standalone cluster on loopback (``sparkvision.testing.cluster``): tests, benchmarks, trying a cluster."""
 
     workers: int = 2
@@ -188,7 +187,7 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
-class TilingSettings:
+class TilingSettings(Validated):
     """How huge images are cut into overlapping model-sized tiles (``sparkvision.tiling``)."""
 
     #: Tile side in pixels of its pyramid level (square tiles, what a CNN takes).
@@ -228,16 +227,13 @@ class TilingSettings:
     partitions: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.size < 1:
             raise ValueError(f"tile size must be >= 1, got {self.size!r}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap is a fraction of the tile size in [0, 1), got {self.overlap!r}")
         if not self.levels or any(level < 0 for level in self.levels):
             raise ValueError(f"levels must be non-negative pyramid levels, got {self.levels!r}")
-        if self.edge not in ("shift", "pad"):
-            raise ValueError(f"edge must be 'shift' or 'pad', got {self.edge!r}")
-        if self.tile_format not in ("PNG", "JPEG"):
-            raise ValueError(f"tile_format must be PNG or JPEG, got {self.tile_format!r}")
         if self.window is not None and (len(self.window) != 2 or self.window[1] <= 0):
             raise ValueError(f"window is (center, width) with width > 0, got {self.window!r}")
 
@@ -251,7 +247,7 @@ class TilingSettings:
 
 
 @dataclass(frozen=True)
-class HeatmapSettings:
+class HeatmapSettings(Validated):
     """How tile predictions go back onto their source image (``sparkvision.tiling.heatmap``)."""
 
     #: Per-image label from tile probabilities: ``max`` or ``mean`` of each class over
@@ -276,8 +272,7 @@ class HeatmapSettings:
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.method not in ("max", "mean", "vote"):
-            raise ValueError(f"method must be max, mean or vote, got {self.method!r}")
+        super().__post_init__()
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
         if self.cell is not None and self.cell < 1:
@@ -285,7 +280,7 @@ class HeatmapSettings:
 
 
 @dataclass(frozen=True)
-class FeaturizeSettings:
+class FeaturizeSettings(Validated):
     """How Spark tasks run an ONNX image model (featurizer, predictor, batch prediction)."""
 
     model_name: str = "efficientnet_lite0"
@@ -298,7 +293,7 @@ ClassifierName = Literal["logreg", "rf", "gbt", "mlp"]
 
 
 @dataclass(frozen=True)
-class TransferSettings:
+class TransferSettings(Validated):
     """Transfer learning: a frozen backbone's features + an MLlib classifier (``sparkvision fit``)."""
 
     model_name: str = "efficientnet_lite0"
@@ -334,10 +329,7 @@ class TransferSettings:
     mlp_grid_step: tuple[float, ...] = (0.03,)
 
     def __post_init__(self) -> None:
-        if self.classifier not in ("logreg", "rf", "gbt", "mlp"):
-            raise ValueError(f"classifier must be logreg, rf, gbt or mlp, got {self.classifier!r}")
-        if self.output not in ("features", "logits"):
-            raise ValueError(f"output must be features or logits, got {self.output!r}")
+        super().__post_init__()
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.grid_folds < 2:
@@ -349,7 +341,7 @@ QuantType8 = Literal["uint8", "int8"]
 
 
 @dataclass(frozen=True)
-class QuantizeSettings:
+class QuantizeSettings(Validated):
     """int8 quantisation with ONNX Runtime (see README "Deployment" for the measurements
     behind these defaults: static QDQ with per-channel weights kept accuracy within a
     point and ran >2x faster; dynamic ran at a few images/s on this CNN, per-tensor
@@ -370,19 +362,13 @@ class QuantizeSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in ("static", "dynamic"):
-            raise ValueError(f"method must be static or dynamic, got {self.method!r}")
-        for name in ("activation_type", "weight_type"):
-            if getattr(self, name) not in ("uint8", "int8"):
-                raise ValueError(f"{name} must be uint8 or int8, got {getattr(self, name)!r}")
+        super().__post_init__()
         if self.calibration_images < 1 or self.calibration_batch < 1:
             raise ValueError("calibration_images and calibration_batch must be >= 1")
-        if self.calibrate_method not in ("minmax", "entropy", "percentile"):
-            raise ValueError(f"calibrate_method must be minmax, entropy or percentile, got {self.calibrate_method!r}")
 
 
 @dataclass(frozen=True)
-class PruneSettings:
+class PruneSettings(Validated):
     """Structured pruning: whole output channels of convolutions, smallest L-n norm first."""
 
     amount: float = 0.3
@@ -393,6 +379,7 @@ class PruneSettings:
     include_depthwise: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.amount < 1:
             raise ValueError(f"prune amount must be in (0, 1), got {self.amount!r}")
         if self.norm < 1:
@@ -400,7 +387,7 @@ class PruneSettings:
 
 
 @dataclass(frozen=True)
-class MeasureSettings:
+class MeasureSettings(Validated):
     """How an optimisation is judged against the model it came from."""
 
     #: Refuse to write an optimised model whose accuracy drops more than this (points).
@@ -417,7 +404,7 @@ class MeasureSettings:
 
 
 @dataclass(frozen=True)
-class ServeSettings:
+class ServeSettings(Validated):
     """The HTTP service: limits that turn bad requests into 4xx answers, and micro-batching."""
 
     host: str = "127.0.0.1"
@@ -439,6 +426,7 @@ class ServeSettings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_batch < 1 or self.max_files < 1 or self.top_k < 1:
             raise ValueError("max_batch, max_files and top_k must be >= 1")
         if self.batch_window_ms < 0:

@@ -4,6 +4,8 @@
 recipes applied over the defaults (``--preset bigdl-lenet``) and under the user's own
 flags. Everything is a frozen dataclass of plain values, so a config pickles to the
 ranks, is written to the model card's provenance, and compares equal on ``--resume``.
+Each validates when it is made (:mod:`.validation`: ``Literal`` fields from their
+types, ranges here), so a bad setting fails on the driver, before any Spark job.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
+from sparkvision.config.validation import Validated
+
 Monitor = Literal["val_loss", "val_top1"]
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Validated):
     """Which network, and for a pretrained backbone which parts train."""
 
     arch: str = "lenet5"
@@ -44,9 +48,18 @@ class ModelConfig:
     #: optimiser step, so fine-tuning a pruned network keeps it pruned.
     keep_pruned: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unfreeze_stages is not None and self.unfreeze_stages < 0:
+            raise ValueError(f"unfreeze_stages must be >= 0, got {self.unfreeze_stages}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"image_size is (height, width) in pixels, got {self.image_size}")
+
 
 @dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(Validated):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -56,9 +69,17 @@ class OptimizerConfig:
     #: Clip the global gradient norm to this value (None: no clipping).
     grad_clip_norm: float | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("lr", "momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ValueError(f"grad_clip_norm must be > 0 (or None), got {self.grad_clip_norm}")
+
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(Validated):
     """Learning rate over iterations. All schedules step once per optimiser step.
 
     * ``constant``: ``lr``.
@@ -80,9 +101,14 @@ class ScheduleConfig:
     div_factor: float = 25.0
     final_div_factor: float = 1e4
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.step_epochs < 1:
+            raise ValueError(f"step_epochs must be >= 1, got {self.step_epochs}")
+
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Validated):
     name: Literal["cross_entropy", "focal"] = "cross_entropy"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
@@ -90,9 +116,16 @@ class LossConfig:
     #: training set's counts) or one weight per class in label order.
     class_weights: Literal["none", "balanced"] | tuple[float, ...] = "none"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Validated):
     """Batch augmentations on the workers; each is off at its zero value."""
 
     #: Probability of a random resized crop per image, with its area and aspect ranges.
@@ -122,6 +155,15 @@ class AugmentConfig:
     cutmix_switch_prob: float = 0.5
     mix_prob: float = 1.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("crop_prob", "hflip_prob", "blur_prob", "erase_prob", "cutmix_switch_prob", "mix_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("rotation_degrees", "brightness", "contrast", "saturation", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
     @property
     def geometric(self) -> bool:
         return self.crop_prob > 0 or self.hflip_prob > 0 or self.rotation_degrees > 0
@@ -133,7 +175,7 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class ScalingConfig:
+class ScalingConfig(Validated):
     """How many ranks, on what."""
 
     workers: int = 1
@@ -148,7 +190,7 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointConfig(Validated):
     #: Checkpoints kept besides the best model's (older ones are deleted).
     keep_last: int = 2
     #: Continue from the newest checkpoint in ``MODEL_DIR/checkpoints``.
@@ -156,7 +198,7 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Validated):
     #: Carve stratified val/test parts out of the training source (seeded; used when
     #: no separate source is given for that part).
     val_fraction: float = 0.0
@@ -168,9 +210,14 @@ class DataConfig:
     keep_work: bool = False
     eval_batch_size: int = 512
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Validated):
     epochs: int = 10
     #: Global batch size: each of K workers takes batch_size / K per step, so results
     #: do not depend on K.
@@ -191,6 +238,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.scaling.workers < 1:

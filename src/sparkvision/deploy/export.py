@@ -297,8 +297,8 @@ def export_pipeline(spark, model_dir: str | Path) -> Path:
 
 def export_registered(name: str, out_dir: str | Path, overwrite: bool = False) -> Path:
     """An ``onnx`` model directory from a registered model with its own labels (e.g. ImageNet)."""
+    from sparkvision.models import get_spec
     from sparkvision.models.onnx_export import registered_onnx
-    from sparkvision.models.registry import get_spec
 
     spec = get_spec(name)
     if not spec.labels:
@@ -345,8 +345,8 @@ def write_head_model_dir(out_dir: str | Path, backbone_name: str, feature_output
 
     For heads fitted outside a saved pipeline (e.g. MLlib on features computed once).
     """
+    from sparkvision.models import get_spec
     from sparkvision.models.onnx_export import registered_onnx
-    from sparkvision.models.registry import get_spec
 
     if head.num_classes != len(labels):
         raise ValueError(f"the head scores {head.num_classes} classes, {len(labels)} labels given")

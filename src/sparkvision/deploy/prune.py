@@ -133,7 +133,7 @@ class HeadOnBackbone(nn.Module):
 
 def torch_model(model_dir: str | Path, card: ModelCard | None = None) -> nn.Module:
     """The model directory's network as a torch module giving its ``logits``, checked against its ONNX graph."""
-    from sparkvision.models.registry import create_model
+    from sparkvision.models import create_model
 
     model_dir = Path(model_dir)
     card = card or load_card(model_dir)

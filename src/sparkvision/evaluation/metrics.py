@@ -2,16 +2,19 @@
 
 The input is a predictions DataFrame (``path``, ``label``, ``prediction``,
 ``probability`` array<double> in the model's label order, ``error``). Rows never come
-to the driver: one pass over the data (a ``groupingSets`` aggregation) returns
+to the driver: one pass over the data (a ``groupingSets`` aggregation,
+:func:`count_predictions`) returns :class:`PredictionCounts`:
 
 * counts per (true label, predicted label) cell: the confusion matrix, from which
   accuracy, per-class precision/recall/F1/support, macro and weighted averages and
-  balanced accuracy follow on the driver;
+  balanced accuracy follow;
 * per confidence bin and row status: counts, summed confidence, correct predictions,
   top-k hits and summed log loss terms: top-k accuracy, log loss, calibration.
 
 So the driver holds at most (classes x classes) + (bins x statuses) numbers,
-whatever the number of rows.
+whatever the number of rows. :func:`metrics_from_counts` turns them into every metric
+with numpy alone; :func:`evaluate_predictions` does both. Only the counting needs
+pyspark, and imports it when called.
 
 Which rows count
 ----------------
@@ -60,15 +63,14 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pyspark.ml.linalg import VectorUDT
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType
 
 from sparkvision.config import EvaluationSettings
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ class EvaluationResult:
 
 
 def _status(label: Column, prediction: Column, error: Column) -> Column:
+    from pyspark.sql import functions as F
+
     return (
         F.when(error.isNotNull(), F.lit(ERROR))
         .when(label.isNull(), F.lit(UNLABELED))
@@ -197,6 +201,8 @@ def _status(label: Column, prediction: Column, error: Column) -> Column:
 
 def _annotate(frame: DataFrame, labels: Sequence[str], ks: Sequence[int], bins: int) -> DataFrame:
     """Per-row columns that the one aggregation sums: status, bin, correctness, top-k hits, loss."""
+    from pyspark.sql import functions as F
+
     label, prediction, error, prob = F.col("label"), F.col("prediction"), F.col("error"), F.col("probability")
     status = _status(label, prediction, error)
     ok = status == F.lit(OK)
@@ -261,6 +267,10 @@ def normalize_predictions(frame: DataFrame) -> DataFrame:
     Labels are compared as strings; ``probability`` may also arrive as array<float> or as
     an MLlib vector (a classifier's raw ``probability`` column) and becomes array<double>.
     """
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType
+
     missing = [c for c in ("label", "prediction", "error") if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -294,6 +304,52 @@ def _safe_div(num: float, den: float) -> float:
     return float(num) / float(den) if den else 0.0
 
 
+@dataclass
+class PredictionCounts:
+    """What one pass over a predictions table counts; every metric follows from these.
+
+    Its size depends on the classes and bins, never on the rows: (classes x classes)
+    confusion cells, one entry per k and three per calibration bin. Counts of two
+    tables add up to the counts of both.
+    """
+
+    #: The model's labels (the probability order); empty when unknown.
+    model_labels: list[str]
+    #: Rows per status: ``ok`` (evaluated), ``error``, ``unlabeled``, ``invalid``.
+    status: dict[str, int]
+    #: Error rows per kind (the text of ``error`` before the first ``:``).
+    error_kinds: dict[str, int]
+    #: Evaluated rows per (true label, predicted label).
+    confusion: dict[tuple[str, str], int]
+    #: Evaluated rows whose probability vector has one finite value per model label;
+    #: the probability-based counts below are over these rows.
+    probability_rows: int = 0
+    #: Rows whose true label is among the k most probable, per k.
+    top_k_hits: dict[int, int] = field(default_factory=dict)
+    #: Sum of ``-log(clip(p_true))`` over the rows whose label the model knows, and how many.
+    log_loss_sum: float = 0.0
+    log_loss_rows: int = 0
+    #: Rows whose prediction is not their most probable label.
+    argmax_mismatch_rows: int = 0
+    #: Per confidence bin (equal width over [0, 1], closed on the right): rows, summed
+    #: confidence, correct predictions.
+    bin_rows: list[int] = field(default_factory=list)
+    bin_confidence: list[float] = field(default_factory=list)
+    bin_correct: list[int] = field(default_factory=list)
+
+
+def _top_ks(top_k: int | Sequence[int] | None, settings: EvaluationSettings) -> list[int]:
+    if top_k is None:
+        ks = sorted({1, int(settings.top_k)})
+    elif isinstance(top_k, int):
+        ks = sorted({1, top_k})
+    else:
+        ks = sorted({1, *map(int, top_k)})
+    if any(k < 1 for k in ks):
+        raise ValueError(f"top-k needs k >= 1, got {ks}")
+    return ks
+
+
 def evaluate_predictions(
     predictions: DataFrame,
     labels: Sequence[str] | None = None,
@@ -307,26 +363,24 @@ def evaluate_predictions(
     probabilities are computed.
     """
     settings = settings or EvaluationSettings()
+    return metrics_from_counts(count_predictions(predictions, labels, _top_ks(top_k, settings),
+                                                 int(settings.calibration_bins)))
+
+
+def count_predictions(predictions: DataFrame, labels: Sequence[str] | None, top_k: Sequence[int],
+                      bins: int) -> PredictionCounts:
+    """The :class:`PredictionCounts` of ``predictions``: one ``groupingSets`` aggregation."""
+    from pyspark.sql import functions as F
+
     has_probability = "probability" in predictions.columns
     predictions = normalize_predictions(predictions)
     labels = list(labels or [])
     if len(set(labels)) != len(labels):
         raise ValueError("model labels must be unique (they index the probability vector)")
-    bins = int(settings.calibration_bins)
     if bins < 1:
         raise ValueError(f"calibration_bins must be >= 1, got {bins}")
-    if top_k is None:
-        ks = sorted({1, int(settings.top_k)})
-    elif isinstance(top_k, int):
-        ks = sorted({1, top_k})
-    else:
-        ks = sorted({1, *map(int, top_k)})
-    if any(k < 1 for k in ks):
-        raise ValueError(f"top-k needs k >= 1, got {ks}")
-    labels_for_prob = labels if has_probability else []
-
-    annotated = _annotate(predictions, labels_for_prob, ks, bins)
-    sums = [F.sum(f"_top{k}").alias(f"top{k}") for k in ks]
+    ks = sorted(set(top_k))
+    annotated = _annotate(predictions, labels if has_probability else [], ks, bins)
     grouped = annotated.groupingSets(
         [["_label", "_prediction"], ["_status", "_kind", "_bin"]],
         "_label", "_prediction", "_status", "_kind", "_bin",
@@ -339,34 +393,56 @@ def evaluate_predictions(
         F.sum("_logloss").alias("logloss"),
         F.count("_logloss").alias("logloss_n"),
         F.sum("_mismatch").alias("mismatch"),
-        *sums,
+        *[F.sum(f"_top{k}").alias(f"top{k}") for k in ks],
     )
     cells = grouped.collect()  # bounded: (labels x predictions) + (statuses x kinds x bins) rows
 
     # grouping_id bit order follows the grouping columns: _label, _prediction, _status, _kind, _bin.
-    confusion_cells = [r for r in cells if r["_gid"] == 0b00111]
+    # The (label, prediction) grouping set also yields one cell for all non-ok rows (both null): dropped.
+    confusion = {(r["_label"], r["_prediction"]): int(r["n"]) for r in cells
+                 if r["_gid"] == 0b00111 and r["_label"] is not None}
     status_cells = [r for r in cells if r["_gid"] == 0b11000]
-
-    counts = {OK: 0, ERROR: 0, UNLABELED: 0, INVALID: 0}
+    status = {OK: 0, ERROR: 0, UNLABELED: 0, INVALID: 0}
     error_kinds: dict[str, int] = {}
     for r in status_cells:
-        counts[r["_status"]] += r["n"]
+        status[r["_status"]] += r["n"]
         if r["_status"] == ERROR:
             kind = r["_kind"] or "error"
             error_kinds[kind] = error_kinds.get(kind, 0) + r["n"]
     ok_cells = [r for r in status_cells if r["_status"] == OK]
-    # The (label, prediction) grouping set also yields one cell for all non-ok rows (both null): drop it.
-    confusion_cells = [r for r in confusion_cells if r["_label"] is not None]
+    per_bin = {r["_bin"]: r for r in ok_cells if r["_bin"] is not None}
 
-    classes = sorted({r["_label"] for r in confusion_cells} | {r["_prediction"] for r in confusion_cells})
+    def total(name: str) -> int:
+        return sum(int(r[name] or 0) for r in ok_cells)
+
+    return PredictionCounts(
+        model_labels=labels,
+        status=status,
+        error_kinds=error_kinds,
+        confusion=confusion,
+        probability_rows=total("valid"),
+        top_k_hits={k: total(f"top{k}") for k in ks},
+        log_loss_sum=sum(float(r["logloss"] or 0.0) for r in ok_cells),
+        log_loss_rows=total("logloss_n"),
+        argmax_mismatch_rows=total("mismatch"),
+        bin_rows=[int(per_bin[b]["n"]) if b in per_bin else 0 for b in range(bins)],
+        bin_confidence=[float(per_bin[b]["conf"]) if b in per_bin else 0.0 for b in range(bins)],
+        bin_correct=[int(per_bin[b]["correct"]) if b in per_bin else 0 for b in range(bins)],
+    )
+
+
+def metrics_from_counts(counts: PredictionCounts) -> EvaluationResult:
+    """Every metric of :class:`EvaluationResult` from the counts (numpy; no Spark)."""
+    labels = list(counts.model_labels)
+    classes = sorted({t for t, _ in counts.confusion} | {p for _, p in counts.confusion})
     index = {name: i for i, name in enumerate(classes)}
     matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for r in confusion_cells:
-        matrix[index[r["_label"]], index[r["_prediction"]]] += r["n"]
+    for (true, pred), n in counts.confusion.items():
+        matrix[index[true], index[pred]] += n
 
     evaluated = int(matrix.sum())
-    if evaluated != counts[OK]:
-        raise RuntimeError(f"confusion matrix holds {evaluated} rows but {counts[OK]} were evaluated")
+    if evaluated != counts.status.get(OK, 0):
+        raise RuntimeError(f"confusion matrix holds {evaluated} rows but {counts.status.get(OK, 0)} were evaluated")
     model_set = set(labels)
     tp = np.diag(matrix).astype(float)
     support = matrix.sum(axis=1)
@@ -397,21 +473,19 @@ def evaluate_predictions(
         accuracy = balanced = None
         macro = weighted = None
 
-    valid_rows = sum(int(r["valid"] or 0) for r in ok_cells)
+    valid_rows = counts.probability_rows
     top_k_values: dict[int, float | None] = {
-        k: (sum(int(r[f"top{k}"] or 0) for r in ok_cells) / valid_rows if valid_rows else None) for k in ks
+        k: (hits / valid_rows if valid_rows else None) for k, hits in sorted(counts.top_k_hits.items())
     }
-    logloss_n = sum(int(r["logloss_n"] or 0) for r in ok_cells)
-    logloss = sum(float(r["logloss"] or 0.0) for r in ok_cells) / logloss_n if logloss_n else None
+    logloss = counts.log_loss_sum / counts.log_loss_rows if counts.log_loss_rows else None
 
     calibration: list[CalibrationBin] = []
     ece = 0.0
-    per_bin = {r["_bin"]: r for r in ok_cells if r["_bin"] is not None}
-    for b in range(bins):
-        r = per_bin.get(b)
-        n = int(r["n"]) if r else 0
-        conf = float(r["conf"]) / n if n else None
-        acc = float(r["correct"]) / n if n else None
+    bins = len(counts.bin_rows)
+    for b, (n, conf_sum, correct) in enumerate(zip(counts.bin_rows, counts.bin_confidence, counts.bin_correct,
+                                                   strict=True)):
+        conf = conf_sum / n if n else None
+        acc = correct / n if n else None
         calibration.append(CalibrationBin(b / bins, (b + 1) / bins, n, conf, acc))
         if n:
             ece += n / valid_rows * abs(acc - conf)  # type: ignore[operator]
@@ -420,7 +494,7 @@ def evaluate_predictions(
     never_predicted = sorted(
         c for c in (labels or classes) if (c not in index or predicted[index[c]] == 0)
     )
-    mismatch = sum(int(r["mismatch"] or 0) for r in ok_cells)
+    mismatch = counts.argmax_mismatch_rows
     if mismatch:
         log.warning(
             "%d of %d rows predict a label that is not their most probable one: are the model labels "
@@ -428,14 +502,13 @@ def evaluate_predictions(
         )
     if labels and not valid_rows and evaluated:
         log.warning("no evaluated row has a probability vector of %d values: probability metrics skipped", len(labels))
-    rows = sum(counts.values())
     return EvaluationResult(
-        rows=rows,
+        rows=sum(counts.status.values()),
         evaluated_rows=evaluated,
-        error_rows=counts[ERROR],
-        unlabeled_rows=counts[UNLABELED],
-        invalid_rows=counts[INVALID],
-        error_kinds=dict(sorted(error_kinds.items())),
+        error_rows=counts.status.get(ERROR, 0),
+        unlabeled_rows=counts.status.get(UNLABELED, 0),
+        invalid_rows=counts.status.get(INVALID, 0),
+        error_kinds=dict(sorted(counts.error_kinds.items())),
         accuracy=accuracy,
         balanced_accuracy=balanced,
         macro=macro,
@@ -448,7 +521,7 @@ def evaluate_predictions(
         probability_rows=valid_rows,
         missing_probability_rows=evaluated - valid_rows,
         log_loss=logloss,
-        log_loss_rows=logloss_n,
+        log_loss_rows=counts.log_loss_rows,
         ece=ece if valid_rows else None,
         calibration=calibration if valid_rows else [],
         unseen_label_rows=int(sum(support[index[c]] for c in unseen)),
@@ -460,6 +533,8 @@ def evaluate_predictions(
 
 def most_confidently_wrong(predictions: DataFrame, limit: int) -> list[dict[str, Any]]:
     """The ``limit`` wrong predictions with the highest confidence (Spark's top-N, not a full sort on the driver)."""
+    from pyspark.sql import functions as F
+
     predictions = normalize_predictions(predictions)
     status = _status(F.col("label"), F.col("prediction"), F.col("error"))
     wrong = predictions.where((status == F.lit(OK)) & (F.col("label") != F.col("prediction")))

@@ -93,7 +93,7 @@ class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName):
         return from_registry(self.getModelName())
 
     def _must_embed(self) -> bool:
-        from sparkvision.models.registry import get_spec
+        from sparkvision.models import get_spec
 
         # A model registered from the user's ONNX file does not exist in a fresh process.
         return get_spec(self.getModelName()).is_onnx

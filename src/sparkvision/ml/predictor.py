@@ -133,7 +133,7 @@ class ImagePredictor(OnnxImageTransformer, HasModelName):
     def _must_embed(self) -> bool:
         if self.getModelDir():
             return False  # the model directory is the artefact; the stage refers to it
-        from sparkvision.models.registry import get_spec
+        from sparkvision.models import get_spec
 
         return get_spec(self.getModelName()).is_onnx
 

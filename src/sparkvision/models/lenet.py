@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sparkvision.config import PreprocessConfig
+from sparkvision.models.registry import register
 
 #: 28x28 grey, ``(x/255 - 0.5) / 0.5``. ``sparkvision train --normalize data`` replaces
 #: mean/std by the training set's own (what the BigDL recipe does).
@@ -66,12 +67,18 @@ class LeNet5(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes)
 
 
+@register("lenet5", PREPROCESS, num_classes=10, num_features=100,
+          description="LeNet-5 as in BigDL's example: conv6-tanh-pool, conv12-tanh-pool, fc100-tanh, fc, "
+          "log-softmax; 28x28 grey")
 def build(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1) -> LeNet5:
     if pretrained:
         raise ValueError("lenet5 has no pretrained weights")
     return LeNet5(num_classes=num_classes, in_chans=in_chans, variant="bigdl")
 
 
+@register("lenet5_1998", PREPROCESS, num_classes=10, num_features=84,
+          description="LeNet-5 of LeCun et al. 1998: conv6, avg-pool, conv16, avg-pool, fc120, fc84, fc; tanh; "
+          "28x28 grey")
 def build_1998(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1) -> LeNet5:
     if pretrained:
         raise ValueError("lenet5_1998 has no pretrained weights")

@@ -19,7 +19,7 @@ from torch import nn
 
 from sparkvision import __version__
 from sparkvision.config import cache_dir
-from sparkvision.models.registry import create_model, get_spec
+from sparkvision.models import create_model, get_spec
 from sparkvision.storage import atomic_file
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,12 @@ Each entry carries its own preprocessing (:class:`PreprocessConfig`) and labels,
 single source of truth that training, Spark inference and serving all read. Entries
 are either torch builders (exportable to ONNX) or ONNX files registered as they are.
 
+This module only holds the entries. Model families register themselves when they are
+imported (``@register(...)`` on a builder, as timm's ``@register_model``); this module
+never imports them. :mod:`sparkvision.models` imports sparkvision's own families
+before every lookup (``sparkvision.models.get_spec`` / ``create_model`` / ``list_models``),
+so use those; the functions here see only what has been imported so far.
+
 Torch modules created here follow timm's conventions where they matter to sparkvision:
 ``forward_features(x)`` returns pooled features ``(N, num_features)``,
 ``get_classifier()`` returns the head and ``reset_classifier(num_classes)`` replaces it.
@@ -47,22 +53,19 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
-_BUILTINS_LOADED = False
 
 
-def _load_builtins() -> None:
-    """Import the modules that register sparkvision's own models (once, lazily)."""
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
-    from sparkvision.models import builtin  # noqa: F401 - registers on import
+def _same_builder(a: Builder | None, b: Builder | None) -> bool:
+    """Whether two builders are the same function, possibly from two imports of one module
+    (a module that failed half-way is imported again on the next lookup)."""
+    return a is not None and b is not None and (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 def register_model(spec: ModelSpec, overwrite: bool = False) -> ModelSpec:
     if spec.builder is None and spec.onnx_path is None:
         raise ValueError(f"model {spec.name!r} needs a torch builder or an ONNX file")
-    if spec.name in _REGISTRY and not overwrite:
+    current = _REGISTRY.get(spec.name)
+    if current is not None and not overwrite and not _same_builder(current.builder, spec.builder):
         raise ValueError(f"a model named {spec.name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[spec.name] = spec
     return spec
@@ -88,6 +91,25 @@ def register_torch_model(
         ),
         overwrite=overwrite,
     )
+
+
+def register(
+    name: str,
+    preprocess: PreprocessConfig,
+    num_classes: int,
+    num_features: int | None = None,
+    labels: list[str] | None = None,
+    has_pretrained: bool = False,
+    description: str = "",
+) -> Callable[[Builder], Builder]:
+    """Decorator: register the decorated ``builder(pretrained, num_classes, **kwargs)`` as ``name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        register_torch_model(name, builder, preprocess, num_classes, num_features, labels, has_pretrained,
+                             description)
+        return builder
+
+    return decorate
 
 
 def register_onnx_model(
@@ -130,14 +152,12 @@ def register_onnx_model(
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_builtins()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models()) or 'none'}")
     return _REGISTRY[name]
 
 
 def list_models(pretrained: bool = False) -> list[str]:
-    _load_builtins()
     return sorted(n for n, s in _REGISTRY.items() if s.has_pretrained or not pretrained)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sparkvision.config import PreprocessConfig
+from sparkvision.models.registry import register
 
 PREPROCESS = PreprocessConfig(size=(28, 28), channels=1, resize_mode="resize", interpolation="bilinear",
                               mean=(0.5,), std=(0.5,))
@@ -55,6 +56,8 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes)
 
 
+@register("smallcnn", PREPROCESS, num_classes=10, num_features=128,
+          description="small CNN (conv-BN-ReLU x6, dropout, global pooling) for 28-64 px images")
 def build(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, dropout: float | None = None) -> SmallCNN:
     if pretrained:
         raise ValueError("smallcnn has no pretrained weights")

@@ -209,8 +209,8 @@ def window_labels(
 
 def features_of(pixels: np.ndarray, batch_size: int = 32, threads: int = 2) -> np.ndarray:
     """EfficientNet-Lite0 pooled features of uint8 (N, 224, 224, 3) tiles, through the registry's ONNX export."""
+    from sparkvision.models import get_spec
     from sparkvision.models.onnx_export import registered_onnx
-    from sparkvision.models.registry import get_spec
     from sparkvision.models.runtime import cached_model
     from sparkvision.preprocess import Normalizer
 
@@ -271,9 +271,9 @@ def train_object_classifier(
     """
     from sklearn.linear_model import LogisticRegression
 
+    from sparkvision.models import get_spec
     from sparkvision.models.model_dir import ModelCard, save_card
     from sparkvision.models.onnx_export import registered_onnx
-    from sparkvision.models.registry import get_spec
 
     rng = np.random.default_rng(seed)
     chosen: dict[str, list[np.ndarray]] = {OBJECT: [], BACKGROUND: []}

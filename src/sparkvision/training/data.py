@@ -172,6 +172,9 @@ class Shard:
     paths: list[str]
     #: Rows of this shard whose bytes did not decode, by error kind.
     decode_errors: dict[str, int] = field(default_factory=dict)
+    #: Rows of the whole dataset that no rank trains on (error at ingest, no or unknown
+    #: label), by reason: the same on every rank.
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -216,7 +219,7 @@ def load_shard(
     if errors:
         log.warning("rank %d: %d rows of %s did not decode (%s); they are left out of training",
                     rank, sum(errors.values()), index.uri, dict(errors))
-    return Shard(images[:filled], labels[:filled], paths, dict(errors))
+    return Shard(images[:filled], labels[:filled], paths, dict(errors), index.skipped(class_index))
 
 
 def _bar(total: int, desc: str, progress: TextIO | None):

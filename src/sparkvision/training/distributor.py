@@ -31,16 +31,12 @@ from typing import Any
 from sparkvision import __version__, storage
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.config.training import TrainConfig
+from sparkvision.training.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from sparkvision.training.data import prepare_sources, read_index
-from sparkvision.training.engine import (
-    CHECKPOINT_DIR,
-    RESULT_PATH_ENV,
-    TrainJob,
-    latest_checkpoint,
-    publish_rank0_result,
-    resolve_preprocess,
-    run_rank,
-)
+from sparkvision.training.engine import RESULT_PATH_ENV, publish_rank0_result, run_rank
+from sparkvision.training.job import TrainJob
+from sparkvision.training.modelbuild import resolve_preprocess
+from sparkvision.training.tasks import task_class
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +171,7 @@ def fit(
     source_reader=None,
     labels: list[str] | None = None,
     preprocess: PreprocessConfig | None = None,
+    task: str = "classify",
 ) -> TrainResult:
     """Train ``config.model.arch`` on ``train`` and write a model directory to ``out``.
 
@@ -185,7 +182,15 @@ def fit(
     A network given by ``config.model.init_from`` has its own output order and input
     preprocessing: pass them as ``labels`` (the model card's) and ``preprocess``, else
     classes are the data's, sorted, and preprocessing is the architecture's.
+
+    ``task`` names what the network learns (:data:`.tasks.TASKS`; the ranks' half of it).
     """
+    # Everything that can be checked before Spark writes anything: the config validated
+    # itself; the task must measure the monitor, the registry must know the network.
+    task_class(task).check_monitor(config.monitor)
+    if preprocess is not None and config.model.normalize == "data":
+        raise ValueError("a given preprocessing and normalize='data' contradict each other")
+    preprocess = preprocess or resolve_preprocess(config.model)
     out = _local_path(out)
     _prepare_out(out, config, overwrite)
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -202,9 +207,6 @@ def fit(
         if unknown:
             raise ValueError(f"classes {unknown} of {train} are not among the model's labels {list(labels)}")
         classes = list(labels)
-    if preprocess is not None and config.model.normalize == "data":
-        raise ValueError("a given preprocessing and normalize='data' contradict each other")
-    preprocess = preprocess or resolve_preprocess(config.model)
 
     master = spark.sparkContext.master
     local_mode = config.scaling.local_mode if config.scaling.local_mode is not None else master.startswith("local")
@@ -241,6 +243,7 @@ def fit(
         },
         progress_tty=_progress_tty() if local_mode else None,
         log_level=logging.getLogger("sparkvision").getEffectiveLevel(),
+        task=task,
     )
     log.info("training %s on %d classes (%d rows in %s) with %d worker(s), %s mode, %d thread(s) each, %s",
              config.model.arch, len(classes), index.rows, prepared.train, workers,

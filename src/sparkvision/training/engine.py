@@ -1,34 +1,35 @@
-"""The function every training rank runs: DDP over its own data shard, validation, checkpoints.
+"""The function every training rank runs: the epoch loop, the same for every task.
 
 :func:`run_rank` is what :mod:`.distributor` hands to Spark's TorchDistributor. Rank r
-of K reads and decodes its shard (:mod:`.data`), trains with DDP (gloo on CPU, nccl on
-GPU) at ``batch_size / K`` per step, and after every epoch all ranks evaluate their
-share of the validation set and sum the counts, so top-1/top-5/loss are those of the
-whole set. Only rank 0 writes: TensorBoard events, ``curves.csv``, a checkpoint per
-epoch, and at the end the model directory (ONNX, labels, preprocessing, metrics).
+of K loads its shard of each dataset part, trains with DDP (gloo on CPU, nccl on GPU)
+at ``batch_size / K`` per step, and after every epoch all ranks evaluate their share
+of the validation set and sum the counts, so the metrics are those of the whole set.
+Only rank 0 writes: TensorBoard events, ``curves.csv``, a checkpoint per epoch, and at
+the end the model directory.
 
-Reproducibility: data order and augmentation are functions of (seed, epoch, rank), so
-they need no saved state; torch's global generator (dropout) is saved per rank in each
-checkpoint, with the model, optimiser, scheduler, early-stopping state and history.
-Resuming from a checkpoint therefore continues the exact run that was interrupted:
-same seed, same workers, same final weights and metrics.
+What depends on what the network learns (data, batches and augmentation, loss,
+metrics, export) is the run's :class:`.tasks.Task`; the rest lives next door:
+:mod:`.collectives` (sums across ranks), :mod:`.checkpoints` (checkpoint format,
+resuming, RNG state, :class:`.checkpoints.TrainState`), :mod:`.modelbuild` (networks
+and parameter groups), :mod:`.export` (the model directory).
+
+Reproducibility: data order and augmentation are functions of (seed, epoch, rank), and
+each checkpoint holds every rank's RNG state, so resuming continues the exact run that
+was interrupted: same seed, same workers, same final weights and metrics.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import inspect
 import io
 import logging
 import math
 import os
 import pickle
-import random
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,273 +38,31 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparkvision.config import DecodeSettings, PreprocessConfig
-from sparkvision.config.training import ModelConfig, TrainConfig
+from sparkvision.config import PreprocessConfig
+from sparkvision.storage import atomic_write
+from sparkvision.training.checkpoints import (
+    CHECKPOINT_DIR,
+    TrainState,
+    checkpoint_path,
+    latest_checkpoint,
+    resume,
+    rng_state,
+    save_best,
+    save_checkpoint,
+    trained_weights,
+)
+from sparkvision.training.collectives import Collective
+from sparkvision.training.job import TrainJob
 from sparkvision.training.masks import ChannelMasks, settle_batch_norms
+from sparkvision.training.modelbuild import build_model, resolve_preprocess
+from sparkvision.training.tasks import ClassificationTask, Shard, Task, make_task
 
 log = logging.getLogger("sparkvision.training")
 
-CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 CURVES_FILE = "curves.csv"
-BEST_FILE = "best.pt"
-CURVE_COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-                 "epoch_seconds", "train_samples_per_s"]
-
-
-@dataclass
-class TrainJob:
-    """Everything a rank needs; pickled to every rank by TorchDistributor."""
-
-    config: TrainConfig
-    train_uri: str
-    val_uri: str | None
-    test_uri: str | None
-    classes: list[str]
-    class_counts: list[int]
-    preprocess: PreprocessConfig
-    out_dir: str
-    name: str
-    use_gpu: bool
-    threads: int
-    provenance: dict[str, Any] = field(default_factory=dict)
-    decode: DecodeSettings = field(default_factory=DecodeSettings)
-    #: A terminal the driver draws on (local mode): rank 0's progress bars go there.
-    progress_tty: str | None = None
-    #: Rank 0 logs at this level (the driver's); the other ranks at WARNING or above.
-    log_level: int = logging.INFO
-
-
-# -- models -------------------------------------------------------------------------------
-
-def resolve_preprocess(model: ModelConfig) -> PreprocessConfig:
-    """The registered model's preprocessing with the config's size/channel overrides."""
-    from sparkvision.models.registry import get_spec
-
-    base = get_spec(model.arch).preprocess
-    changes: dict[str, Any] = {}
-    if model.image_size is not None:
-        changes["size"] = tuple(model.image_size)
-    if model.channels is not None and model.channels != base.channels:
-        mean, std = base.mean, base.std
-        if model.channels == 1:
-            changes.update(channels=1, mean=(sum(mean) / len(mean),), std=(sum(std) / len(std),))
-        else:
-            changes.update(channels=3, mean=mean * 3, std=std * 3)
-    return replace(base, **changes) if changes else base
-
-
-def build_model(model_cfg: ModelConfig, num_classes: int, channels: int) -> tuple[nn.Module, list[dict], list[nn.Module]]:
-    """The network, its parameter groups (with ``lr_mult``), and the frozen modules
-    (kept in eval mode so their batch-norm statistics stay as pretrained)."""
-    from sparkvision.models.registry import create_model, get_spec
-
-    if model_cfg.init_from:
-        return _initial_model(model_cfg, num_classes, channels)
-    spec = get_spec(model_cfg.arch)
-    pretrained = spec.has_pretrained if model_cfg.pretrained is None else model_cfg.pretrained
-    params = inspect.signature(spec.builder).parameters  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    if "in_chans" in params:
-        kwargs["in_chans"] = channels
-    elif channels != spec.preprocess.channels:
-        raise ValueError(f"{model_cfg.arch} takes {spec.preprocess.channels}-channel input, not {channels}")
-    if model_cfg.dropout is not None:
-        if "dropout" not in params:
-            raise ValueError(f"{model_cfg.arch} has no dropout to set")
-        kwargs["dropout"] = model_cfg.dropout
-    model = create_model(model_cfg.arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    groups, frozen = _param_groups(model, model_cfg, pretrained)
-    return model, groups, frozen
-
-
-def _initial_model(model_cfg: ModelConfig, num_classes: int,
-                   channels: int) -> tuple[nn.Module, list[dict], list[nn.Module]]:
-    """The network and weights of ``model_cfg.init_from`` (a whole module, a state dict
-    of ``arch``, or a sparkvision checkpoint), counted as pretrained."""
-    loaded = torch.load(model_cfg.init_from, map_location="cpu", weights_only=False)
-    if isinstance(loaded, nn.Module):
-        model = loaded
-    else:
-        state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{model_cfg.init_from} holds neither a torch module, a state dict nor a checkpoint")
-        model, _, _ = build_model(replace(model_cfg, init_from=None, pretrained=False), num_classes, channels)
-        model.load_state_dict(state)
-    groups, frozen = _param_groups(model, model_cfg, pretrained=True)
-    return model, groups, frozen
-
-
-def _param_groups(model: nn.Module, model_cfg: ModelConfig, pretrained: bool) -> tuple[list[dict], list[nn.Module]]:
-    """Head and backbone parameter groups (``lr_mult``), and the frozen stages."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    head_params = {id(p) for p in head.parameters()} if head is not None else set()
-    frozen: list[nn.Module] = []
-    if model_cfg.unfreeze_stages is not None:
-        if not hasattr(model, "stages"):
-            raise ValueError(f"{model_cfg.arch} has no stages() to freeze; leave unfreeze_stages unset")
-        stages = model.stages()
-        n = max(0, min(model_cfg.unfreeze_stages, len(stages)))
-        for stage in stages[: len(stages) - n]:
-            for p in stage.parameters():
-                p.requires_grad_(False)
-            frozen.append(stage)
-    backbone = [p for p in model.parameters() if id(p) not in head_params and p.requires_grad]
-    head_list = [p for p in model.parameters() if id(p) in head_params]
-    backbone_mult = model_cfg.backbone_lr_mult if pretrained else 1.0
-    groups = [{"params": head_list, "lr_mult": 1.0}] if head_list else []
-    if backbone:
-        groups.append({"params": backbone, "lr_mult": backbone_mult if head_list else 1.0})
-    return groups, frozen
-
-
-# -- evaluation ---------------------------------------------------------------------------
-
-def evaluate_counts(model: nn.Module, images: np.ndarray, labels: np.ndarray, preprocess: PreprocessConfig,
-                    device: torch.device, batch_size: int) -> torch.Tensor:
-    """float64 [cross-entropy sum, top-1 correct, top-5 correct, count] over a shard."""
-    from sparkvision.preprocess import Normalizer
-
-    normalize = Normalizer(preprocess.mean, preprocess.std)
-    sums = torch.zeros(4, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            x = torch.from_numpy(normalize(images[start: start + batch_size])).to(device)
-            y = torch.from_numpy(labels[start: start + batch_size]).to(device)
-            logits = model(x).float()
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            sums[0] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            sums[1] += (top[:, 0] == y).sum().item()
-            sums[2] += (top == y[:, None]).any(dim=1).sum().item()
-            sums[3] += len(y)
-    model.train(was_training)
-    return sums
-
-
-def counts_to_metrics(sums: torch.Tensor, prefix: str) -> dict[str, float]:
-    n = max(float(sums[3]), 1.0)
-    return {f"{prefix}_loss": float(sums[0]) / n, f"{prefix}_top1": float(sums[1]) / n,
-            f"{prefix}_top5": float(sums[2]) / n, f"{prefix}_count": int(sums[3])}
-
-
-# -- distributed helpers ------------------------------------------------------------------
-
-class _Dist:
-    def __init__(self, world: int, device: torch.device) -> None:
-        self.world = world
-        self.device = device
-        self.on = world > 1
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        if not self.on:
-            return values
-        t = values.to(self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.cpu()
-
-    def max(self, value: int) -> int:
-        if not self.on:
-            return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.on:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.on:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, 0x70C4]).generate_state(1)[0])
-
-
-def _watch_parent() -> None:
-    """Exit when the process that started this rank is gone (a killed driver), instead of
-    training on as an orphan: torchrun starts ranks in their own sessions."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-# -- files --------------------------------------------------------------------------------
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def checkpoint_path(out_dir: str | Path, epoch: int) -> Path:
-    return Path(out_dir) / CHECKPOINT_DIR / f"epoch-{epoch:04d}.pt"
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    folder = Path(out_dir) / CHECKPOINT_DIR
-    found = sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []
-    return found[-1] if found else None
-
-
-def trained_weights(out_dir: str | Path, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The weights rank 0 exported into ``out_dir``: the best epoch's (``export="best"``) or the last's."""
-    best = Path(out_dir) / CHECKPOINT_DIR / BEST_FILE
-    path = best if config.export == "best" and best.is_file() else latest_checkpoint(out_dir)
-    if path is None:
-        raise FileNotFoundError(f"{out_dir}/{CHECKPOINT_DIR} holds no checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
-
-
-def _write_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_bytes(out_dir / CURVES_FILE, buffer.getvalue().encode())
-
-
-# -- the rank function --------------------------------------------------------------------
-
+#: ``curves.csv``'s columns for a classifier (every task's: ``Task.curve_columns()``).
+CURVE_COLUMNS = ClassificationTask.curve_columns()
 RESULT_PATH_ENV = "SPARKVISION_RANK0_RESULT"
 
 
@@ -312,10 +71,12 @@ def publish_rank0_result(value: Any) -> None:
     path = os.environ.get(RESULT_PATH_ENV)
     if not path or int(os.environ.get("RANK", "0")) != 0 or os.path.exists(path):
         return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        pickle.dump(value, handle)
-    os.replace(tmp, path)
+    atomic_write(path, pickle.dumps(value))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """torch's global seed on ``rank`` during training (dropout draws differ between ranks)."""
+    return int(np.random.SeedSequence([seed, rank, 0x70C4]).generate_state(1)[0])
 
 
 def run_rank(job: TrainJob) -> dict[str, Any] | None:
@@ -360,226 +121,229 @@ def run_rank(job: TrainJob) -> dict[str, Any] | None:
             dist.destroy_process_group()
 
 
+def _watch_parent() -> None:
+    """Exit when the process that started this rank is gone (a killed driver), instead of
+    training on as an orphan: torchrun starts ranks in their own sessions."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[str, Any] | None:
-    from sparkvision.training.augment import BatchAugmenter
-    from sparkvision.training.data import augment_rng, epoch_order, load_shard, read_index
-    from sparkvision.training.losses import build_loss
-    from sparkvision.training.schedules import build_optimizer, build_scheduler
+    """Every epoch still to run, then the final metrics; rank 0 returns the result."""
+    run = _Run(job, rank, world, device)
+    while run.state.epoch < job.config.epochs and not run.state.stopped_early:
+        run.epoch()
+    return run.finish()
 
-    cfg = job.config
-    comm = _Dist(world, device)
-    lead = rank == 0
-    out_dir = Path(job.out_dir)
-    progress: TextIO | None = None
-    if lead and job.progress_tty:
-        try:
-            progress = open(job.progress_tty, "w")  # noqa: SIM115 - closed at the end
-        except OSError:
-            progress = None
 
-    started = time.perf_counter()
-    train_index = read_index(job.train_uri)
-    train = load_shard(train_index, job.classes, job.preprocess, rank, world, job.decode, progress, "decode train")
-    indexes = {"train": train_index}
-    val = None
-    if job.val_uri:
-        indexes["val"] = read_index(job.val_uri)
-        val = load_shard(indexes["val"], job.classes, job.preprocess, rank, world, job.decode, progress,
-                         "decode val")
-    if comm.max(int(len(train) == 0)):
-        raise ValueError(f"a rank got no usable training rows from {job.train_uri}: fewer rows than workers?")
-    decode_errors = comm.gather({"train": train.decode_errors, "val": val.decode_errors if val else {}})
-    preprocess = job.preprocess
-    if cfg.model.normalize == "data":
-        preprocess = _data_normalization(train.images, preprocess, comm)
-    load_seconds = time.perf_counter() - started
+class _Run:
+    """One rank's training run: its shards, network, optimiser and :class:`TrainState`.
 
-    torch.manual_seed(cfg.seed)
-    model, groups, frozen = build_model(cfg.model, len(job.classes), preprocess.channels)
-    model.to(device)
-    if cfg.model.init_from:
-        _check_given_network(model, preprocess, len(job.classes), device, cfg.model.init_from)
-    masks = ChannelMasks.of_zero_channels(model) if cfg.model.keep_pruned else None
-    if masks is not None and lead:
-        log.info("keeping %d pruned output channels of %d convolutions at zero", masks.channels, len(masks))
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    torch.manual_seed(rank_seed(cfg.seed, rank))
+    Every rank makes the same calls in the same order (each collective is met by all).
+    """
 
-    local_batch = cfg.batch_size // world
-    shard_len = comm.max(len(train))
-    if shard_len == 0:
-        raise ValueError(f"no usable training rows in {job.train_uri}")
-    steps = math.ceil(shard_len / local_batch)
-    optimizer = build_optimizer(groups, cfg.optimizer)
-    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.epochs, steps)
-    loss_fn = build_loss(cfg.loss, job.class_counts).to(device)
-    augmenter = BatchAugmenter(cfg.augment, len(job.classes)) if cfg.augment.any else None
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(preprocess.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    monitor = cfg.monitor if val is not None else "train_loss"
-    maximize = monitor.endswith("top1")
+    def __init__(self, job: TrainJob, rank: int, world: int, device: torch.device) -> None:
+        self.job, self.cfg, self.rank, self.lead = job, job.config, rank, rank == 0
+        self.comm = Collective(world, device)
+        self.device = device
+        self.out_dir = Path(job.out_dir)
+        self.task: Task = make_task(job, device)
+        self.progress = _open_progress(job.progress_tty) if self.lead else None
+        self._load()
+        self._build()
+        self.state = TrainState()
+        self.resumed_from: int | None = None
+        if self.cfg.checkpoint.resume:
+            restored = resume(job.out_dir, self.cfg, job.classes, self.comm, rank, self.model, self.optimizer,
+                              self.scheduler)
+            if restored is not None:
+                self.state, self.resumed_from = restored, restored.epoch
+        self.writer = None
+        if self.lead:
+            from torch.utils.tensorboard import SummaryWriter
 
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "best_state": None,
-                             "since_best": 0, "stopped_early": False}
-    resumed_from = None
-    if cfg.checkpoint.resume:
-        resumed_from = _resume(job, comm, rank, model, optimizer, scheduler, state, device)
+            self.writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR),
+                                        purge_step=self.state.epoch + 1 if self.state.epoch else None)
 
-    writer = None
-    if lead:
-        from torch.utils.tensorboard import SummaryWriter
+    def _load(self) -> None:
+        """This rank's train and val shards, what was left out of them, and the final preprocessing."""
+        job, comm, started = self.job, self.comm, time.perf_counter()
+        self.train: Shard | None = self.task.load(job.train_uri, "train", self.rank, comm.world, self.progress)
+        self.val = self.task.load(job.val_uri, "val", self.rank, comm.world, self.progress) if job.val_uri else None
+        if comm.max(int(len(self.train) == 0)):
+            raise ValueError(f"a rank got no usable training rows from {job.train_uri}: fewer rows than workers?")
+        self.decode_errors = comm.gather({"train": self.train.decode_errors,
+                                          "val": self.val.decode_errors if self.val else {}})
+        self.skipped = {"train": self.train.skipped, **({"val": self.val.skipped} if self.val is not None else {})}
+        self.preprocess = job.preprocess
+        if self.cfg.model.normalize == "data":
+            self.preprocess = _data_normalization(self.train.images, self.preprocess, comm)
+        self.load_seconds = time.perf_counter() - started
 
-        writer = SummaryWriter(str(out_dir / TENSORBOARD_DIR), purge_step=state["epoch"] + 1 if state["epoch"] else None)
+    def _build(self) -> None:
+        """The network (DDP-wrapped on several ranks), its optimiser and schedule, the monitor."""
+        from sparkvision.training.schedules import build_optimizer, build_scheduler
 
-    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
-        epoch = state["epoch"]
-        net.train()
-        for module in frozen:
+        cfg, task, comm = self.cfg, self.task, self.comm
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        task.prepare(self.preprocess)
+        self.model, groups, self.frozen = task.build_model()
+        self.masks = ChannelMasks.of_zero_channels(self.model) if cfg.model.keep_pruned else None
+        if self.masks is not None and self.lead:
+            log.info("keeping %d pruned output channels of %d convolutions at zero", self.masks.channels,
+                     len(self.masks))
+        self.net: nn.Module = self.model
+        if comm.on:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        torch.manual_seed(rank_seed(cfg.seed, self.rank))
+        self.local_batch = cfg.batch_size // comm.world
+        # Every rank takes the same number of steps: the longest shard's.
+        self.shard_len = comm.max(len(self.train))  # type: ignore[arg-type]
+        self.steps = math.ceil(self.shard_len / self.local_batch)
+        self.optimizer = build_optimizer(groups, cfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.epochs, self.steps)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.columns = task.curve_columns()
+        self.monitor = cfg.monitor if self.val is not None else "train_loss"
+        task.check_monitor(self.monitor)
+        self.maximize = self.monitor in task.maximize
+
+    def epoch(self) -> None:
+        """Train one epoch, validate, keep the best weights; rank 0 logs and writes its files."""
+        from sparkvision.training.data import augment_rng, epoch_order
+
+        cfg, task, comm, state, train = self.cfg, self.task, self.comm, self.state, self.train
+        epoch = state.epoch
+        self.net.train()
+        for module in self.frozen:
             module.eval()
-        order = epoch_order(len(train), shard_len, cfg.seed, epoch, rank)
-        arng = augment_rng(cfg.seed, epoch, rank)
-        sums = torch.zeros(3, dtype=torch.float64)
-        bar = _epoch_bar(progress, steps, epoch, cfg.epochs)
-        lr_used = optimizer.param_groups[0]["lr"]
+        order = epoch_order(len(train), self.shard_len, cfg.seed, epoch, self.rank)  # type: ignore[arg-type]
+        arng = augment_rng(cfg.seed, epoch, self.rank)
+        sums = torch.zeros(2, dtype=torch.float64)  # loss * samples, samples
+        task_sums = torch.zeros(len(task.train_metric_names), dtype=torch.float64)
+        bar = _epoch_bar(self.progress, self.steps, epoch, cfg.epochs)
+        lr_used = self.optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        for step in range(steps):
-            idx = order[step * local_batch: (step + 1) * local_batch]
-            x = torch.from_numpy(train.images[idx]).to(device).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
-            y = torch.from_numpy(train.labels[idx]).to(device)
-            targets = y
-            if augmenter is not None:
-                x, targets = augmenter(x, y, arng)
-            x = (x - mean) / std
-            logits = net(x)
-            loss = loss_fn(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
+        for step in range(self.steps):
+            rows = order[step * self.local_batch: (step + 1) * self.local_batch]
+            batch = task.train_batch(train, rows, arng)
+            outputs = self.net(batch.inputs)
+            loss = task.loss(outputs, batch)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optimizer.grad_clip_norm:
-                nn.utils.clip_grad_norm_(trainable, cfg.optimizer.grad_clip_norm)
-            optimizer.step()
-            if masks is not None:
-                masks.apply()
-            scheduler.step()
-            n = len(idx)
-            sums[0] += loss.item() * n
-            sums[1] += (logits.argmax(1) == y).sum().item()
-            sums[2] += n
+                nn.utils.clip_grad_norm_(self.trainable, cfg.optimizer.grad_clip_norm)
+            self.optimizer.step()
+            if self.masks is not None:
+                self.masks.apply()
+            self.scheduler.step()
+            sums[0] += loss.item() * len(rows)
+            sums[1] += len(rows)
+            task_sums += task.train_counts(outputs, batch)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         train_seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        if masks is not None:
-            sample = torch.from_numpy(train.images[order[:local_batch]]).to(device).permute(0, 3, 1, 2).float()
-            settle_batch_norms(model, (sample.div_(255.0) - mean) / std)
-        totals = comm.sum(sums)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "lr": lr_used,
-            "train_loss": float(totals[0] / totals[2]), "train_top1": float(totals[1] / totals[2]),
-        }
-        if val is not None:
-            vsum = comm.sum(evaluate_counts(model, val.images, val.labels, preprocess, device,
-                                            cfg.data.eval_batch_size))
-            record.update({k: v for k, v in counts_to_metrics(vsum, "val").items() if not k.endswith("count")})
+        if self.masks is not None:
+            sample = task.normalized(task.to_unit(train.images[order[: self.local_batch]]))  # type: ignore[union-attr]
+            settle_batch_norms(self.model, sample)
+        totals = comm.sum(torch.cat([sums, task_sums]))
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_used, "train_loss": float(totals[0] / totals[1]),
+                                  **task.train_metrics(totals[2:], totals[1])}
+        if self.val is not None:
+            metrics = task.metrics(comm.sum(task.evaluate(self.model, self.val)), "val")
+            record.update({k: v for k, v in metrics.items() if not k.endswith("_count")})
         record["epoch_seconds"] = time.perf_counter() - t0
         # Throughput is the slowest rank's: the epoch is as fast as it.
         slowest = comm.max(int(train_seconds * 1e6)) / 1e6
-        record["train_samples_per_s"] = float(totals[2]) / max(slowest, 1e-9)
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
-        value = record[monitor]
-        improved = state["best"] is None or (value > state["best"] if maximize else value < state["best"])
+        record["train_samples_per_s"] = float(totals[1]) / max(slowest, 1e-9)
+        improved = state.observe(record, self.monitor, self.maximize, self.model)
+        if cfg.patience is not None and self.val is not None and state.since_best >= cfg.patience:
+            state.stopped_early = True
+        rng_states = comm.gather(rng_state(self.device))
+        if self.lead:
+            self._write_epoch(record, improved, rng_states)
+
+    def _write_epoch(self, record: dict[str, Any], improved: bool, rng_states: list[dict[str, Any]]) -> None:
+        """Rank 0: the epoch's log line, TensorBoard scalars, ``curves.csv``, ``best.pt`` and checkpoint."""
+        cfg, state = self.cfg, self.state
+        _log_epoch(record, cfg.epochs, improved)
+        for key in self.columns[1:]:
+            if key in record:
+                self.writer.add_scalar(key.replace("_", "/", 1), record[key], record["epoch"])  # type: ignore[union-attr]
+        self.writer.flush()  # type: ignore[union-attr]
+        _write_curves(self.out_dir, self.columns, state.history)
         if improved:
-            state.update(best=value, best_epoch=epoch + 1, since_best=0,
-                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            state["since_best"] += 1
-        if cfg.patience is not None and val is not None and state["since_best"] >= cfg.patience:
-            state["stopped_early"] = True
-        rng_states = comm.gather(_rng_state(device))
-        if lead:
-            _log_epoch(record, cfg.epochs, improved)
-            for key in CURVE_COLUMNS[1:]:
-                if key in record:
-                    writer.add_scalar(key.replace("_", "/", 1), record[key], epoch + 1)  # type: ignore[union-attr]
-            writer.flush()  # type: ignore[union-attr]
-            _write_curves(out_dir, state["history"])
-            if improved:
-                _atomic_bytes(out_dir / CHECKPOINT_DIR / BEST_FILE,
-                              _torch_bytes({"epoch": epoch + 1, "model": state["best_state"], "metrics": record}))
-            _save_checkpoint(job, preprocess, model, optimizer, scheduler, state, rng_states)
-        if state["stopped_early"] and lead:
+            save_best(self.out_dir, state, record)
+        save_checkpoint(self.out_dir, cfg, self.job.classes, self.preprocess.to_dict(), self.model, self.optimizer,
+                        self.scheduler, state, rng_states)
+        if state.stopped_early:
             log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                     monitor, cfg.patience, state["best"], state["best_epoch"])
+                     self.monitor, cfg.patience, state.best, state.best_epoch)
 
-    # The exported weights: the best epoch's, or the last.
-    if cfg.export == "best" and state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    final: dict[str, Any] = {}
-    if val is not None:
-        final.update(counts_to_metrics(comm.sum(evaluate_counts(model, val.images, val.labels, preprocess, device,
-                                                                cfg.data.eval_batch_size)), "val"))
-    del train
-    if job.test_uri:
-        indexes["test"] = read_index(job.test_uri)
-        test = load_shard(indexes["test"], job.classes, preprocess, rank, world, job.decode, progress,
-                          "decode test")
-        final.update(counts_to_metrics(comm.sum(evaluate_counts(model, test.images, test.labels, preprocess, device,
-                                                                cfg.data.eval_batch_size)), "test"))
-        decode_errors.extend(comm.gather({"test": test.decode_errors}))
-    if progress is not None:
-        progress.close()
-    if not lead:
+    def finish(self) -> dict[str, Any] | None:
+        """Evaluate the exported weights on val and test; rank 0 writes the model directory."""
+        job, task, comm, state = self.job, self.task, self.comm, self.state
+        exports_best = self.cfg.export == "best" and state.best_state is not None
+        if exports_best:
+            self.model.load_state_dict(state.best_state)  # type: ignore[arg-type]
+        final: dict[str, Any] = {}
+        if self.val is not None:
+            final.update(task.metrics(comm.sum(task.evaluate(self.model, self.val)), "val"))
+        self.train = None  # memory for the test shard
+        if job.test_uri:
+            test = task.load(job.test_uri, "test", self.rank, comm.world, self.progress)
+            final.update(task.metrics(comm.sum(task.evaluate(self.model, test)), "test"))
+            self.decode_errors.extend(comm.gather({"test": test.decode_errors}))
+            self.skipped["test"] = test.skipped
+        if self.progress is not None:
+            self.progress.close()
+        if not self.lead:
+            return None
+        self.writer.close()  # type: ignore[union-attr]
+        history = state.history
+        last_train = {key: history[-1][key] if history else None for key in self.columns
+                      if key.startswith("train_") and key != "train_samples_per_s"}
+        metrics = {
+            **final,
+            "exported_epoch": state.best_epoch if exports_best else state.epoch,
+            "best_epoch": state.best_epoch,
+            "monitor": self.monitor,
+            "epochs_run": state.epoch,
+            "stopped_early": state.stopped_early,
+            **last_train,
+            "train_samples_per_s": float(np.median([h["train_samples_per_s"] for h in history])) if history else None,
+            "data_load_seconds": self.load_seconds,
+            "workers": comm.world,
+            "skipped_rows": _merge_counts(self.decode_errors, self.skipped),
+        }
+        if self.resumed_from is not None:
+            metrics["resumed_from_epoch"] = self.resumed_from
+        metrics = task.export(self.model, metrics, self.val.images if self.val is not None else None)
+        return {"out": str(self.out_dir), "metrics": metrics, "history": history, "labels": list(job.classes),
+                "preprocess": self.preprocess.to_dict()}
+
+
+def _open_progress(tty: str | None) -> TextIO | None:
+    if not tty:
         return None
-    writer.close()  # type: ignore[union-attr]
-    history = state["history"]
-    exported_epoch = state["best_epoch"] if cfg.export == "best" and state["best_state"] is not None else state["epoch"]
-    metrics = {
-        **final,
-        "exported_epoch": exported_epoch,
-        "best_epoch": state["best_epoch"],
-        "monitor": monitor,
-        "epochs_run": state["epoch"],
-        "stopped_early": state["stopped_early"],
-        "train_loss": history[-1]["train_loss"] if history else None,
-        "train_top1": history[-1]["train_top1"] if history else None,
-        "train_samples_per_s": float(np.median([h["train_samples_per_s"] for h in history])) if history else None,
-        "data_load_seconds": load_seconds,
-        "workers": world,
-        "skipped_rows": _merge_counts(decode_errors, indexes, job.classes),
-    }
-    if resumed_from is not None:
-        metrics["resumed_from_epoch"] = resumed_from
-    return _write_model_dir(job, preprocess, model, val, metrics, history)
+    try:
+        return open(tty, "w")  # noqa: SIM115 - closed at the end of the run
+    except OSError:
+        return None
 
 
-def _check_given_network(model: nn.Module, preprocess: PreprocessConfig, classes: int, device: torch.device,
-                         source: str) -> None:
-    """A given network must have one output per class of the data. Parameters its forward
-    never uses (e.g. a backbone's own classifier under another head) are frozen: DDP
-    requires every trainable parameter to get a gradient."""
-    height, width = preprocess.size
-    was_training = model.training
-    model.eval()  # batch-norm statistics stay as given
-    out = model(torch.zeros(1, preprocess.channels, height, width, device=device))
-    if out.dim() != 2 or out.shape[1] != classes:
-        raise ValueError(f"the network in {source} gives outputs of shape {tuple(out.shape)}, "
-                         f"not one per class of the data ({classes})")
-    out.float().sum().backward()
-    unused = [p for p in model.parameters() if p.requires_grad and p.grad is None]
-    for p in unused:
-        p.requires_grad_(False)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    if unused:
-        log.debug("%d parameters of %s are not used by its forward and stay fixed", len(unused), source)
-
-
-def _data_normalization(images: np.ndarray, preprocess: PreprocessConfig, comm: _Dist) -> PreprocessConfig:
+def _data_normalization(images: np.ndarray, preprocess: PreprocessConfig, comm: Collective) -> PreprocessConfig:
     """Per-channel mean/std of the whole training set (each rank sums its shard)."""
     channels = images.shape[-1]
     sums = torch.zeros(2 * channels + 1, dtype=torch.float64)
@@ -595,21 +359,16 @@ def _data_normalization(images: np.ndarray, preprocess: PreprocessConfig, comm: 
                    std=tuple(round(float(s), 6) for s in std))
 
 
-def _merge_counts(decode_errors: list[dict[str, dict[str, int]]], indexes: dict[str, Any],
-                  classes: list[str]) -> dict[str, Any]:
+def _merge_counts(decode_errors: list[dict[str, dict[str, int]]],
+                  skipped: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """Rows left out of each part, by reason: error kinds from ingest or decoding, missing
     or unknown labels (nothing is dropped silently)."""
     merged: dict[str, dict[str, int]] = {}
-    for per_rank in decode_errors:
-        for part, counts in per_rank.items():
+    for per_part in [*decode_errors, skipped]:
+        for part, counts in per_part.items():
             bucket = merged.setdefault(part, {})
             for kind, n in counts.items():
                 bucket[kind] = bucket.get(kind, 0) + n
-    class_index = {c: i for i, c in enumerate(classes)}
-    for part, index in indexes.items():
-        bucket = merged.setdefault(part, {})
-        for kind, n in index.skipped(class_index).items():
-            bucket[kind] = bucket.get(kind, 0) + n
     return {part: counts for part, counts in merged.items() if counts}
 
 
@@ -623,103 +382,39 @@ def _epoch_bar(progress: TextIO | None, steps: int, epoch: int, epochs: int):
 
 
 def _log_epoch(record: dict[str, Any], epochs: int, improved: bool) -> None:
-    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.4g}",
-             f"train loss {record['train_loss']:.4f} top1 {record['train_top1']:.4f}"]
-    if "val_loss" in record:
-        parts.append(f"val loss {record['val_loss']:.4f} top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f}")
+    """``epoch 3/10, lr 0.05, train loss 0.41 top1 0.88, val loss ... top1 ... top5 ..., 900 samples/s``."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.4g}"]
+    for part in ("train", "val"):
+        values = [f"{key[len(part) + 1:]} {value:.4f}" for key, value in record.items()
+                  if key.startswith(f"{part}_") and key != "train_samples_per_s"]
+        if values:
+            parts.append(f"{part} {' '.join(values)}")
     parts.append(f"{record['train_samples_per_s']:.0f} samples/s")
     log.info("%s%s", ", ".join(parts), " *" if improved else "")
 
 
-def _save_checkpoint(job: TrainJob, preprocess: PreprocessConfig, model: nn.Module, optimizer, scheduler,
-                     state: dict[str, Any], rng_states: list[dict[str, Any]]) -> None:
-    epoch = state["epoch"]
-    payload = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "state": {k: v for k, v in state.items() if k != "epoch"},
-        "rng": rng_states,
-        "config": job.config.to_dict(),
-        "classes": job.classes,
-        "preprocess": preprocess.to_dict(),
-    }
-    path = checkpoint_path(job.out_dir, epoch)
-    _atomic_bytes(path, _torch_bytes(payload))
-    keep = max(1, job.config.checkpoint.keep_last)
-    for old in sorted(path.parent.glob("epoch-*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
+def _write_curves(out_dir: Path, columns: list[str], history: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(out_dir / CURVES_FILE, buffer.getvalue())
 
 
-def _resume(job: TrainJob, comm: _Dist, rank: int, model: nn.Module, optimizer, scheduler, state: dict[str, Any],
-            device: torch.device) -> int | None:
-    """Load the newest checkpoint on rank 0 and share it with every rank."""
-    payload = None
-    if rank == 0:
-        path = latest_checkpoint(job.out_dir)
-        if path is not None:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-            log.info("resuming from %s (epoch %d done)", path, payload["epoch"])
-    payload = comm.broadcast(payload)
-    if payload is None:
-        if rank == 0:
-            log.info("no checkpoint in %s; starting from the beginning", Path(job.out_dir) / CHECKPOINT_DIR)
-        return None
-    saved = TrainConfig.from_dict(payload["config"])
-    if saved.training_identity() != job.config.training_identity():
-        raise ValueError("the checkpoint was made with a different training configuration; "
-                         "resume with the same settings (only --epochs and --patience may change)")
-    if payload["classes"] != job.classes:
-        raise ValueError(f"the checkpoint's classes {payload['classes']} differ from the data's {job.classes}")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    state.update(payload["state"])
-    state["epoch"] = payload["epoch"]
-    # Asking for more epochs than before lifts an early stop only if patience allows.
-    rngs = payload["rng"]
-    if len(rngs) == comm.world:
-        _set_rng_state(rngs[rank], device)
-    elif rank == 0:
-        log.warning("checkpoint made with %d workers, resuming with %d: dropout draws will differ", len(rngs),
-                    comm.world)
-    return int(payload["epoch"])
-
-
-def _write_model_dir(job: TrainJob, preprocess: PreprocessConfig, model: nn.Module, val, metrics: dict[str, Any],
-                     history: list[dict[str, Any]]) -> dict[str, Any]:
-    from sparkvision.models.model_dir import ONNX_FILE, ModelCard, save_card
-    from sparkvision.models.onnx_export import export_onnx
-
-    out_dir = Path(job.out_dir)
-    cpu_model = copy.deepcopy(model).cpu().eval()
-    height, width = preprocess.size
-    onnx_file = export_onnx(cpu_model, out_dir / ONNX_FILE, (preprocess.channels, height, width), with_features=False)
-    metrics["onnx_max_abs_diff"] = _onnx_agreement(cpu_model, onnx_file, val, preprocess)
-    card = ModelCard(
-        name=job.name, kind="onnx", labels=list(job.classes), preprocess=preprocess, architecture=job.config.model.arch,
-        provenance={**job.provenance, "config": job.config.to_dict(), "class_counts": dict(zip(job.classes,
-                    job.class_counts, strict=True)), "torch_version": torch.__version__},
-        metrics=metrics,
-    )
-    save_card(out_dir, card)
-    log.info("model written to %s", out_dir)
-    return {"out": str(out_dir), "metrics": metrics, "history": history, "labels": list(job.classes),
-            "preprocess": preprocess.to_dict()}
-
-
-def _onnx_agreement(model: nn.Module, onnx_file: Path, val, preprocess: PreprocessConfig) -> float | None:
-    """Largest |ONNX - torch| logit difference on up to 64 validation images (a self-check)."""
-    if val is None or not len(val):
-        return None
-    import onnxruntime as ort
-
-    from sparkvision.preprocess import Normalizer
-
-    x = Normalizer(preprocess.mean, preprocess.std)(val.images[:64])
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    got = session.run(["logits"], {"input": x})[0]
-    with torch.no_grad():
-        want = model(torch.from_numpy(x)).numpy()
-    return float(np.abs(got - want).max())
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CURVE_COLUMNS",
+    "RESULT_PATH_ENV",
+    "Shard",
+    "Task",
+    "TrainJob",
+    "TrainState",
+    "build_model",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "publish_rank0_result",
+    "resolve_preprocess",
+    "run_rank",
+    "trained_weights",
+]

@@ -32,12 +32,10 @@ def balanced_weights(counts: Sequence[int]) -> list[float]:
 
 
 def class_weight_vector(config: LossConfig, counts: Sequence[int]) -> list[float] | None:
-    if isinstance(config.class_weights, str):
-        if config.class_weights == "none":
-            return None
-        if config.class_weights == "balanced":
-            return balanced_weights(counts)
-        raise ValueError(f"class_weights must be none, balanced or a list of numbers, got {config.class_weights!r}")
+    if config.class_weights == "none":
+        return None
+    if config.class_weights == "balanced":
+        return balanced_weights(counts)
     weights = [float(w) for w in config.class_weights]
     if len(weights) != len(counts):
         raise ValueError(f"{len(weights)} class weights given for {len(counts)} classes")
@@ -91,4 +89,4 @@ def build_loss(config: LossConfig, class_counts: Sequence[int]) -> nn.Module:
         return CrossEntropy(weight, config.label_smoothing)
     if config.name == "focal":
         return FocalLoss(config.focal_gamma, weight, config.label_smoothing)
-    raise ValueError(f"unknown loss {config.name!r}; known: cross_entropy, focal")
+    raise AssertionError(f"LossConfig admitted an unhandled name {config.name!r}")

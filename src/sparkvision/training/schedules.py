@@ -43,7 +43,7 @@ def build_optimizer(groups: Iterable[dict[str, Any]], config: OptimizerConfig) -
                    weight_decay=config.weight_decay)
     if config.name == "adamw":
         return AdamW(param_groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.name!r}; known: sgd, adamw")
+    raise AssertionError(f"OptimizerConfig admitted an unhandled name {config.name!r}")
 
 
 def build_scheduler(optimizer: Optimizer, config: ScheduleConfig, epochs: int, steps_per_epoch: int) -> LRScheduler:
@@ -80,7 +80,7 @@ def build_scheduler(optimizer: Optimizer, config: ScheduleConfig, epochs: int, s
             pct_start=config.pct_start, div_factor=config.div_factor, final_div_factor=config.final_div_factor,
             anneal_strategy="cos", cycle_momentum=optimizer.defaults.get("momentum", 0) > 0 or "betas" in optimizer.defaults,
         )
-    raise ValueError(f"unknown schedule {config.name!r}; known: constant, decay, step, cosine, onecycle")
+    raise AssertionError(f"ScheduleConfig admitted an unhandled name {config.name!r}")
 
 
 def lr_curve(config: ScheduleConfig, optimizer_config: OptimizerConfig, epochs: int, steps_per_epoch: int) -> list[float]:
