@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import numpy as np
 
@@ -250,12 +250,12 @@ class OnnxImageRunner:
 
     # ----- loading
     @classmethod
-    def from_source(cls, source: ModelSource, **options: Any):
+    def from_source(cls, source: ModelSource, **options: Any) -> Self:
         return cls(source.data, source.preprocess, outputs=source.outputs, labels=source.labels, name=source.name,
                    key=source.digest, **options)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, **options: Any):
+    def from_model_dir(cls, model_dir: str | Path, **options: Any) -> Self:
         """A sparkvision model directory (its ``model.onnx``, card, labels and preprocessing)."""
         from sparkvision.models.model_dir import load_card
 
@@ -265,7 +265,7 @@ class OnnxImageRunner:
         return runner
 
     @classmethod
-    def from_registry(cls, name: str, **options: Any):
+    def from_registry(cls, name: str, **options: Any) -> Self:
         """A registered backbone by name (e.g. ``efficientnet_lite0`` with its ImageNet labels)."""
         return cls.from_source(from_registry(name), **options)
 
