@@ -121,7 +121,7 @@ def model_info(model: ClassifierRunner) -> ModelInfo:
     )
 
 
-def load_model(model_dir: str | Path, settings: ServeSettings) -> ClassifierRunner:
+def load_classifier(model_dir: str | Path, settings: ServeSettings) -> ClassifierRunner:
     """The model directory's classifier, one ONNX Runtime call per micro-batch, decoding within the pixel limit."""
     return ClassifierRunner.from_model_dir(
         model_dir, threads=settings.threads or os.cpu_count() or 1, batch_size=settings.max_batch,
@@ -232,7 +232,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        model = load_model(model_dir, settings)
+        model = load_classifier(model_dir, settings)
         batcher = MicroBatcher(model.predict_proba, metrics, enabled=settings.batching, max_batch=settings.max_batch,
                                window_ms=settings.batch_window_ms)
         decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="sv-decode")
