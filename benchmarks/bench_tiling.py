@@ -43,21 +43,21 @@ def _memory_script():
 
 
 def _one_process(scene: Path, model_dir: Path, classify: bool) -> tuple[int, float]:
-    from sparkvision.tiling.classify import TileClassifier
+    from sparkvision.models.runner import ClassifierRunner
     from sparkvision.tiling.tiler import iter_tiles
 
-    classifier = TileClassifier.from_dir(model_dir, threads=2, batch_size=64) if classify else None
+    classifier = ClassifierRunner.from_model_dir(model_dir, threads=2, batch_size=64) if classify else None
     started = time.perf_counter()
     count, batch = 0, []
     for row in iter_tiles(str(scene)):
         count += 1
-        if classifier is not None:
+        if classifier is not None and row["content"] is not None:  # background tiles carry no bytes
             batch.append(row["content"])
             if len(batch) == 64:
-                classifier(batch)
+                classifier.predict_proba(batch)
                 batch = []
     if classifier is not None and batch:
-        classifier(batch)
+        classifier.predict_proba(batch)
     return count, time.perf_counter() - started
 
 

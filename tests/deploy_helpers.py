@@ -91,6 +91,48 @@ def imagenette_head_dir(spark) -> Path:
                                 name="imagenette-logreg")
 
 
+def link_photos(root: Path, split: str, per_class: int) -> Path:
+    """``root/split/<class>/`` links to the first ``per_class`` photos of each class (never copies)."""
+    for folder in sorted((IMAGENETTE / split).iterdir()):
+        target = root / split / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for photo in sorted(folder.iterdir())[:per_class]:
+            if not (target / photo.name).exists():
+                (target / photo.name).symlink_to(photo)
+    return root / split
+
+
+@functools.cache
+def fit_model_dir(spark) -> Path:
+    """A model directory saved by ``fit_transfer`` (what ``sparkvision fit`` writes): kind
+    spark_pipeline, efficientnet_lite0 features + logistic regression on 10 photos per class."""
+    from sparkvision.config import TransferSettings
+    from sparkvision.io import load_images
+    from sparkvision.ml.classifier import fit_transfer
+
+    root = _workdir()
+    train = load_images(spark, str(link_photos(root, "train", 10)), probe="header")
+    model = fit_transfer(train, settings=TransferSettings(logreg_max_iter=30))
+    return model.save(str(root / "fit"))
+
+
+def as_older_fit(model_dir: Path, dst: Path) -> Path:
+    """A copy of a fit model directory as ``sparkvision fit`` wrote it before it exported ONNX."""
+    import shutil
+
+    from sparkvision.deploy.export import HEAD_FILE
+    from sparkvision.models.model_dir import load_card, save_card
+
+    shutil.copytree(model_dir, dst)
+    (dst / "model.onnx").unlink()
+    (dst / HEAD_FILE).unlink()
+    card = load_card(dst)
+    card.onnx = None
+    card.provenance = {k: v for k, v in card.provenance.items() if k != "onnx_export"}
+    save_card(dst, card)
+    return dst
+
+
 # ---------------------------------------------------------------- a live server
 
 

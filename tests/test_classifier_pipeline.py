@@ -15,10 +15,12 @@ from pyspark.sql import functions as F
 from transfer_cases import ROOT, bad_files, photo_folder
 
 from sparkvision.config import TransferSettings
+from sparkvision.deploy.export import NotExportableError, ensure_onnx
 from sparkvision.inference.predict import load_model
 from sparkvision.io import load_images
 from sparkvision.ml.classifier import fit_transfer
 from sparkvision.models.model_dir import load_card
+from sparkvision.models.runner import ClassifierRunner
 
 SMALL_CLASSES = ["church", "golf_ball", "tench"]
 
@@ -53,6 +55,7 @@ def test_default_pipeline_reaches_97_percent_on_imagenette_val_and_runs_the_cnn_
 
     card = load_card(out)
     assert card.kind == "spark_pipeline" and card.labels == sorted(card.labels) == model.labels
+    assert card.onnx == "model.onnx" and (out / "model.onnx").is_file()  # servable without Spark as saved
     assert card.preprocess.size == (224, 224) and card.provenance["classifier"] == "logreg"
     assert card.provenance["train_rows"] == {name: 80 for name in model.labels}
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
@@ -118,6 +121,17 @@ def test_every_classifier_fits_saves_loads_and_gives_probabilities_in_label_orde
         probs = np.asarray(row["probability"])
         assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-9
         assert row["prediction"] == SMALL_CLASSES[int(probs.argmax())]
+    if name == "mlp":  # saved with its ONNX graph, which gives Spark's probabilities
+        runner = ClassifierRunner.from_model_dir(out, threads=1)
+        images = {r["path"]: bytes(r["content"]) for r in val.select("path", "content").collect()}
+        onnx = runner.predict_proba(list(images.values()))
+        assert onnx.errors == [None] * 12
+        want = {r["path"]: r["probability"] for r in rows}
+        np.testing.assert_allclose(onnx.values, [want[p] for p in images], atol=1e-4)
+    else:  # tree ensembles have no ONNX form: the card says why, and serve/optimize say it without Spark
+        assert load_card(out).onnx is None and not (out / "model.onnx").exists()
+        with pytest.raises(NotExportableError, match="tree ensembles cannot|OneVsRestModel"):
+            ensure_onnx(out)
 
 
 def test_bad_images_get_errors_and_null_predictions_and_are_never_dropped(spark, small_data, tmp_path):

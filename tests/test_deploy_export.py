@@ -7,11 +7,21 @@ import os
 import numpy as np
 import onnx
 import pytest
-from deploy_helpers import BACKBONE, classes, feature_frame, features, tensors
+from deploy_helpers import (
+    BACKBONE,
+    as_older_fit,
+    classes,
+    feature_frame,
+    features,
+    fit_model_dir,
+    link_photos,
+    tensors,
+)
 
 from sparkvision.deploy.export import (
+    NotExportableError,
     append_head,
-    export_pipeline,
+    ensure_onnx,
     fold_scaler,
     head_from_spark,
     verify_export,
@@ -20,52 +30,41 @@ from sparkvision.models.onnx_export import registered_onnx
 from sparkvision.models.runtime import OnnxModel
 
 
-def _link_subset(root, split: str, per_class: int, imagenette) -> str:
-    """A folder of symlinks to the first photos of each class (the photos are not copied)."""
-    for folder in sorted((imagenette / split).iterdir()):
-        target = root / split / folder.name
-        target.mkdir(parents=True)
-        for photo in sorted(folder.iterdir())[:per_class]:
-            (target / photo.name).symlink_to(photo)
-    return str(root / split)
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_fitted_transfer_pipeline_exports_to_one_graph_predicting_like_spark(spark, imagenette, tmp_path):
-    from sparkvision.config import TransferSettings
-    from sparkvision.deploy.serve import ServedModel
-    from sparkvision.io import load_images
-    from sparkvision.ml.classifier import fit_transfer
+def test_fit_saves_one_graph_predicting_like_spark_and_older_fit_models_are_exported_once(spark, tmp_path):
     from sparkvision.models.model_dir import load_card
+    from sparkvision.models.runner import ClassifierRunner
 
-    train = _link_subset(tmp_path, "train", 6, imagenette)
-    val = _link_subset(tmp_path, "val", 3, imagenette)
-    model = fit_transfer(load_images(spark, train, probe="header"),
-                         settings=TransferSettings(logreg_max_iter=30))
-    model_dir = model.save(str(tmp_path / "model"))
-
-    path = export_pipeline(spark, model_dir)
+    model_dir = fit_model_dir(spark)
     card = load_card(model_dir)
     assert card.onnx == "model.onnx" and card.kind == "spark_pipeline"
     assert card.provenance["onnx_export"]["classifier"] == "logistic_regression"
-    graph = onnx.load(str(path))
+    graph = onnx.load(str(model_dir / "model.onnx"))
     assert [o.name for o in graph.graph.output] == ["features", "logits"]
     assert graph.graph.output[1].type.tensor_type.shape.dim[1].dim_value == len(card.labels) == 10
 
     # Every val photo: the Spark pipeline and the ONNX graph agree on the class, and on the probabilities.
+    val = str(link_photos(tmp_path, "val", 3))
     check = verify_export(spark, model_dir, val, limit=100)
     assert check["images"] == 30
     assert check["prediction_agreement"] == 1.0
     assert check["max_probability_difference"] < 1e-4
-    # The exported model directory is servable as it is.
-    served = ServedModel(model_dir, threads=1)
-    first = next(p for p in sorted((tmp_path / "val" / "tench").iterdir()))
-    probs = served.infer(served.preprocess(first.read_bytes()))
-    assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-6
+
+    # A directory saved before fit exported: optimize and serve export it once, to the same graph.
+    older = as_older_fit(model_dir, tmp_path / "older")
+    with pytest.raises(FileNotFoundError, match="sparkvision export"):
+        ClassifierRunner.from_model_dir(older)
+    path = ensure_onnx(older, spark)
+    assert path == older / "model.onnx" and load_card(older).onnx == "model.onnx"
+    assert path.read_bytes() == (model_dir / "model.onnx").read_bytes()
+    assert ensure_onnx(older) == path  # already there: no Spark needed
+    first = sorted((tmp_path / "val" / "tench").iterdir())[0]
+    probs = ClassifierRunner.from_model_dir(older, threads=1).predict_proba([first.read_bytes()])
+    assert probs.values.shape == (1, 10) and abs(probs.values.sum() - 1) < 1e-6 and probs.errors == [None]
 
 
 def test_mlp_head_graph_matches_spark_probabilities(spark):
@@ -119,5 +118,5 @@ def test_tree_ensembles_are_refused_with_a_clear_message(spark):
     from pyspark.ml.classification import RandomForestClassifier
 
     rf = RandomForestClassifier(numTrees=2, maxDepth=2, seed=0).fit(feature_frame(spark, "train", 2, classes()))
-    with pytest.raises(ValueError, match="tree ensembles cannot"):
+    with pytest.raises(NotExportableError, match="tree ensembles cannot"):
         head_from_spark(rf)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from deploy_helpers import imagenette_head_dir
+from deploy_helpers import as_older_fit, fit_model_dir, imagenette_head_dir
 from onnx import numpy_helper
 
 from sparkvision.config import MeasureSettings, PruneSettings, QuantizeSettings
@@ -21,7 +21,7 @@ QUICK = MeasureSettings(val_images=60, bench_images=32, rounds=1, threads=2)
 
 
 def test_int8_quantization_is_measured_and_written(spark, imagenette, tmp_path):
-    from sparkvision.deploy.serve import ServedModel
+    from sparkvision.models.runner import ClassifierRunner
 
     model_dir = imagenette_head_dir(spark)
     out = tmp_path / "int8"
@@ -55,21 +55,22 @@ def test_int8_quantization_is_measured_and_written(spark, imagenette, tmp_path):
     scales = [numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale")]
     assert any(s.ndim == 1 and s.size > 1 for s in scales)
     # The quantised model directory serves like any other.
-    served = ServedModel(out, threads=1)
+    runner = ClassifierRunner.from_model_dir(out, threads=1)
     photo = sorted((imagenette / "val" / "church").iterdir())[0]
-    probs = served.infer(served.preprocess(photo.read_bytes()))
-    assert served.labels[int(probs.argmax())] == "church"
+    assert runner.top_k([photo.read_bytes()], 1).values[0][0]["label"] == "church"
 
 
-def test_accuracy_drop_refusal_and_force_through_the_cli(spark, imagenette, tmp_path, capsys):
+def test_accuracy_drop_refusal_and_force_through_the_cli_on_a_model_from_fit(spark, imagenette, tmp_path, capsys):
+    """A model directory saved by an older ``fit`` (no model.onnx) is exported on the way, no manual step."""
     from sparkvision.cli.main import main
 
-    model_dir = imagenette_head_dir(spark)
+    model_dir = as_older_fit(fit_model_dir(spark), tmp_path / "fitted")
     out = tmp_path / "pruned"
     args = ["optimize", "--model", str(model_dir), "--out", str(out), "--prune", "0.9",
             "--val", str(imagenette / "val"), "--val-images", "30", "--threads", "2", "--bench-images", "16"]
     # 90% of every convolution's channels gone, no fine-tuning: accuracy collapses and is refused.
     assert main(args) == 3
+    assert (model_dir / "model.onnx").is_file() and load_card(model_dir).provenance["onnx_export"]
     refused = json.loads(capsys.readouterr().out)
     assert refused["written"] is False and refused["accepted"] is False
     assert refused["accuracy_drop_points"] > 1.0 and refused["optimized"]["path"] is None

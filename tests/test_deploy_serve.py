@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-from deploy_helpers import imagenet_model_dir, live_server, photos
+from deploy_helpers import fit_model_dir, imagenet_model_dir, link_photos, live_server, photos
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -181,7 +182,8 @@ def test_model_health_and_metrics_endpoints(server):
     assert len(models) == 1
     info = models[0]
     assert info["name"] == "efficientnet_lite0" and info["num_classes"] == 1000 == len(info["classes"])
-    assert info["input_size"] == [3, 224, 224] and len(info["version"]) == 12
+    assert info["input_size"] == [3, 224, 224]
+    assert info["version"] == hashlib.sha256(onnx_path(imagenet_model_dir()).read_bytes()).hexdigest()[:12]
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     text = httpx.get(f"{server.url}/metrics").text
@@ -194,3 +196,26 @@ def test_model_health_and_metrics_endpoints(server):
         text = httpx.get(f"{server.url}{asset}").text
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
     assert httpx.get(f"{server.url}/nope").status_code == 404
+
+
+def test_a_model_made_by_fit_is_served_as_it_is_and_answers_like_its_spark_pipeline(spark, tmp_path):
+    from sparkvision.inference.predict import load_model
+    from sparkvision.io import load_images
+
+    model_dir = fit_model_dir(spark)
+    labels = load_card(model_dir).labels
+    folder = link_photos(tmp_path, "val", 1)
+    in_spark = {r["path"].rsplit("/", 1)[-1]: r
+                for r in load_model(model_dir).predictions(load_images(spark, str(folder))).collect()}
+    with live_server(create_app(model_dir, SETTINGS)) as live:
+        info = httpx.get(f"{live.url}/v1/models").json()["models"][0]
+        assert info["kind"] == "spark_pipeline" and info["classes"] == labels
+        for path, _ in photos("val", 1):
+            response = httpx.post(f"{live.url}/v1/predict?top_k={len(labels)}", content=path.read_bytes(),
+                                  headers={"content-type": "image/jpeg"}, timeout=60)
+            assert response.status_code == 200, response.text
+            got = response.json()["predictions"][0]
+            want = in_spark[path.name]
+            assert got["prediction"] == want["prediction"]
+            served = {t["label"]: t["probability"] for t in got["top_k"]}
+            assert np.abs(np.array([served[label] for label in labels]) - want["probability"]).max() < 1e-4

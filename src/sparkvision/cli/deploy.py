@@ -115,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "It is written to --out only if accuracy drops at most --max-accuracy-drop points (unless --force); "
         "the report goes to OUT/optimization.json and stdout. Exit code 3: refused.",
     )
-    optimize.add_argument("--model", required=True, help="model directory to optimise (any kind with model.onnx)")
+    optimize.add_argument("--model", required=True, help="model directory to optimise (any kind; a 'fit' model without model.onnx is exported first)")
     optimize.add_argument("--out", required=True, help="new model directory for the optimised model")
     optimize.add_argument("--int8", action="store_true", help="static int8 quantisation")
     optimize.add_argument("--calibration", metavar="SRC",
@@ -181,7 +181,8 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "GET /v1/models, /healthz, /readyz, /metrics (Prometheus), and a web page at /. Concurrent requests "
         "are grouped into one ONNX Runtime call (micro-batching); bad requests get 4xx answers.",
     )
-    serve.add_argument("--model", required=True, help="model directory with model.onnx")
+    serve.add_argument("--model", required=True,
+                       help="model directory (any kind; a 'fit' model without model.onnx is exported first)")
     serve.add_argument("--host", default=s.host, help=f"address to listen on (default {s.host})")
     serve.add_argument("--port", type=int, default=s.port, help=f"port (default {s.port})")
     serve.add_argument("--max-batch", type=int, default=s.max_batch,

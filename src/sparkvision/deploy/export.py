@@ -8,6 +8,10 @@ the model card's label order, whose softmax is the classifier's probability
 A StandardScaler between featurizer and classifier is folded into the first layer.
 Tree ensembles (random forest, GBT) are not exported.
 
+``sparkvision fit`` exports as it saves (:func:`export_pipeline`), so its model
+directories serve and optimise as they are; :func:`ensure_onnx` exports a directory
+saved by an older ``fit`` the first time ``serve`` or ``optimize`` meets it.
+
 The same module makes an ``onnx`` model directory from a registered backbone, so any
 registered model can be optimised and served.
 """
@@ -32,6 +36,7 @@ from sparkvision.models.model_dir import (
     SPARK_PIPELINE_DIR,
     ModelCard,
     load_card,
+    onnx_path,
     save_card,
 )
 from sparkvision.storage import atomic_write
@@ -43,8 +48,15 @@ INPUT = "input"
 LOGITS = "logits"
 FEATURES = "features"
 
+#: Card provenance key saying why a fitted pipeline has no ONNX graph.
+NOT_EXPORTED = "onnx_not_exported"
+
 #: Pipeline stages that do not change the numbers from features to class scores.
 _PASS_THROUGH = {"NullVectorFiller", "StringIndexerModel", "IndexToString", "PredictionFormatter"}
+
+
+class NotExportableError(ValueError):
+    """The pipeline holds a stage (e.g. a tree ensemble) that cannot be written as ONNX operators."""
 
 
 @dataclass
@@ -136,7 +148,7 @@ def head_from_spark(model: Any) -> Head:
         if offset != len(flat):
             raise ValueError(f"MLP weights hold {len(flat)} values, layers {sizes} need {offset}")
         return Head(layers, "multilayer_perceptron")
-    raise ValueError(
+    raise NotExportableError(
         f"cannot export {type(model).__name__} to ONNX: logistic regression, linear SVC and multilayer "
         "perceptron classifiers can be exported (tree ensembles cannot); serve this model through Spark"
     )
@@ -249,7 +261,8 @@ def pipeline_parts(pipeline: Any) -> PipelineParts:
                 raise ValueError("the classifier comes before any featurizer; cannot export")
             head = head_from_spark(stage)
         else:
-            raise ValueError(f"cannot export pipeline stage {name}: it is not a known sparkvision or MLlib stage")
+            raise NotExportableError(f"cannot export pipeline stage {name}: it is not a known sparkvision or MLlib "
+                                     "stage; serve this model through Spark")
     if featurizer is None or head is None:
         raise ValueError("the pipeline needs an ImageFeaturizer and a classifier to be exported")
     if scaler is not None:
@@ -259,11 +272,13 @@ def pipeline_parts(pipeline: Any) -> PipelineParts:
     return PipelineParts(source.data, source.name, source.digest, output, head, labels or [])
 
 
-def export_pipeline(spark, model_dir: str | Path) -> Path:
+def export_pipeline(spark, model_dir: str | Path, pipeline: Any = None) -> Path:
     """Write ``model.onnx`` (featurizer + classifier in one graph) into a ``spark_pipeline`` model dir.
 
     The card gains ``onnx: model.onnx`` and ``provenance.onnx_export``; the head's weights
     are also kept as ``head.npz`` (pruning rebuilds the model in torch from them).
+    ``pipeline`` is the fitted PipelineModel when the caller holds it (else it is loaded).
+    Raises :class:`NotExportableError` for classifiers ONNX cannot express.
     """
     from pyspark.ml import PipelineModel
 
@@ -271,7 +286,8 @@ def export_pipeline(spark, model_dir: str | Path) -> Path:
     card = load_card(model_dir)
     if not card.spark_pipeline:
         raise ValueError(f"{model_dir} holds no Spark pipeline (kind {card.kind!r}); nothing to export")
-    pipeline = PipelineModel.load(str((model_dir / card.spark_pipeline).resolve()))
+    if pipeline is None:
+        pipeline = PipelineModel.load(str((model_dir / card.spark_pipeline).resolve()))
     parts = pipeline_parts(pipeline)
     if parts.labels and parts.labels != list(card.labels):
         raise ValueError(f"the pipeline's label order {parts.labels} differs from the card's {card.labels}")
@@ -282,7 +298,7 @@ def export_pipeline(spark, model_dir: str | Path) -> Path:
     parts.head.save(model_dir / HEAD_FILE)
     card.onnx = ONNX_FILE
     card.provenance = {
-        **card.provenance,
+        **{k: v for k, v in card.provenance.items() if k != NOT_EXPORTED},
         "onnx_export": {
             "backbone": parts.backbone_name, "backbone_digest": parts.backbone_digest,
             "feature_output": parts.feature_output, "classifier": parts.head.classifier,
@@ -293,6 +309,33 @@ def export_pipeline(spark, model_dir: str | Path) -> Path:
     log.info("exported %s (%s + %s) to %s", card.name, parts.backbone_name, parts.head.classifier,
              model_dir / ONNX_FILE)
     return model_dir / ONNX_FILE
+
+
+def ensure_onnx(model_dir: str | Path, spark=None) -> Path:
+    """The model directory's ``model.onnx``, exported now if an older ``sparkvision fit`` saved none.
+
+    Spark is started only for that export (``spark`` if given); a pipeline known not to be
+    exportable (a tree ensemble) is refused at once.
+    """
+    card = load_card(model_dir)
+    if card.onnx or card.kind != "spark_pipeline":
+        return onnx_path(model_dir, card)
+    if card.provenance.get(NOT_EXPORTED):
+        raise NotExportableError(f"{model_dir} has no model.onnx: {card.provenance[NOT_EXPORTED]}")
+    log.info("%s has no model.onnx (saved by an older 'sparkvision fit'); exporting it now, once", model_dir)
+    if spark is not None:
+        return export_pipeline(spark, model_dir)
+    from pyspark.sql import SparkSession
+
+    from sparkvision.session import get_spark
+
+    active = SparkSession.getActiveSession()
+    spark = active or get_spark()
+    try:
+        return export_pipeline(spark, model_dir)
+    finally:
+        if active is None:
+            spark.stop()  # the server itself needs no JVM
 
 
 def export_registered(name: str, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -379,8 +422,7 @@ def verify_export(spark, model_dir: str | Path, src: str, limit: int = 200) -> d
     from pyspark.sql import functions as F
 
     from sparkvision.io import load_images
-    from sparkvision.models.runtime import OnnxModel
-    from sparkvision.preprocess import ImagePreprocessor
+    from sparkvision.models.runner import ClassifierRunner
 
     model_dir = Path(model_dir)
     card = load_card(model_dir)
@@ -390,14 +432,11 @@ def verify_export(spark, model_dir: str | Path, src: str, limit: int = 200) -> d
             .select("path", "content", "prediction", "probability").collect())
     if not rows:
         raise ValueError(f"no image of {src} could be predicted by the pipeline")
-    batch = ImagePreprocessor(card.preprocess)([bytes(r["content"]) for r in rows])
-    session = OnnxModel(model_dir / ONNX_FILE, threads=os.cpu_count() or 1)
-    logits = session.run_batched(batch.tensor, LOGITS, 32)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = shifted / shifted.sum(axis=1, keepdims=True)
-    kept = [rows[int(i)] for i in batch.index]
+    runner = ClassifierRunner.from_model_dir(model_dir, threads=os.cpu_count() or 1)
+    exported = runner.predict_proba([bytes(r["content"]) for r in rows])
+    kept = [rows[int(i)] for i in exported.index]
     spark_probs = np.asarray([r["probability"] for r in kept], dtype=np.float64)
-    onnx_pred = [card.labels[i] for i in probs.argmax(axis=1)]
-    agree = float(np.mean([a == r["prediction"] for a, r in zip(onnx_pred, kept, strict=True)]))
+    predictions = runner.top1_of(exported.values)
+    agree = float(np.mean([a == r["prediction"] for a, r in zip(predictions, kept, strict=True)]))
     return {"images": len(kept), "prediction_agreement": agree,
-            "max_probability_difference": float(np.abs(probs - spark_probs).max())}
+            "max_probability_difference": float(np.abs(exported.values - spark_probs).max())}

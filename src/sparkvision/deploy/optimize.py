@@ -6,7 +6,8 @@ int8 (``--int8``, calibration images read through the ingestion layer), then mea
 the result against the original on validation images. The optimised model directory
 (kind ``onnx``: it serves without Spark) gets ``model.onnx``, the original's labels and
 preprocessing, and ``optimization.json``; its card's metrics hold the same report.
-When accuracy drops more than allowed nothing is written unless forced.
+When accuracy drops more than allowed nothing is written unless forced. A model saved
+by an older ``sparkvision fit`` without ``model.onnx`` is exported first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import MeasureSettings, PruneSettings, QuantizeSettings
-from sparkvision.deploy.export import HEAD_FILE, copy_model_dir
+from sparkvision.deploy.export import HEAD_FILE, copy_model_dir, ensure_onnx
 from sparkvision.deploy.measure import (
     ImageSet,
     OptimizationReport,
@@ -30,7 +31,7 @@ from sparkvision.deploy.measure import (
     read_image_rows,
     to_image_set,
 )
-from sparkvision.models.model_dir import ONNX_FILE, ModelCard, load_card, onnx_path, save_card
+from sparkvision.models.model_dir import ONNX_FILE, ModelCard, load_card, save_card
 
 if TYPE_CHECKING:  # prune imports torch; the CLI imports this module before it needs torch
     from sparkvision.deploy.prune import FineTuneRequest
@@ -115,11 +116,8 @@ def optimize_model(spark, model_dir: str | Path, out_dir: str | Path, request: O
         raise ValueError("--out must be a new directory, not the model being optimised")
     if out_dir.exists() and any(out_dir.iterdir()) and not request.overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    fp32 = ensure_onnx(model_dir, spark)  # a model saved by an older 'fit' is exported first
     card = load_card(model_dir)
-    if not card.onnx and card.kind == "spark_pipeline":
-        raise ValueError(f"{model_dir} is a Spark pipeline without model.onnx; run 'sparkvision export "
-                         f"{model_dir}' first")
-    fp32 = onnx_path(model_dir, card)
     calibration, val = _images(spark, request, card)
     with tempfile.TemporaryDirectory(prefix="sv-optimize-") as tmp:
         current = fp32

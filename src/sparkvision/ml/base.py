@@ -24,7 +24,7 @@ from pyspark.ml.util import (
 )
 from pyspark.sql import SparkSession
 
-from sparkvision.ml.onnx_stage import ModelSource
+from sparkvision.models.runner import ModelSource
 
 EMBEDDED_METADATA = "embeddedModel"
 EMBEDDED_DIR = "onnx"

@@ -241,8 +241,13 @@ class TransferModel:
     def transform(self, frame: DataFrame) -> DataFrame:
         return self.pipeline.transform(frame)
 
-    def save(self, out: str, overwrite: bool = False, name: str | None = None) -> Path:
-        """Write a model directory of kind ``spark_pipeline`` (atomically: staged, then renamed)."""
+    def save(self, out: str, overwrite: bool = False, name: str | None = None, onnx: bool = True) -> Path:
+        """Write a model directory of kind ``spark_pipeline`` (atomically: staged, then renamed).
+
+        With ``onnx`` it also holds ``model.onnx`` (featurizer + classifier as one graph,
+        see :mod:`sparkvision.deploy.export`), so ``serve`` and ``optimize`` take it as it
+        is; a classifier ONNX cannot express (a tree ensemble) is noted in the card instead.
+        """
         from sparkvision.models.model_dir import SPARK_PIPELINE_DIR, ModelCard, save_card
 
         spark = SparkSession.active()
@@ -261,8 +266,24 @@ class TransferModel:
         with storage.atomic_dir(storage.file_uri(out_path), spark, overwrite=overwrite) as staging:
             self.pipeline.write().save(f"{staging}/{SPARK_PIPELINE_DIR}")
             save_card(storage.local_path(staging), card)
+            if onnx:
+                _add_onnx(spark, storage.local_path(staging), self.pipeline)
         log.info("saved model to %s", out_path)
         return out_path
+
+
+def _add_onnx(spark: SparkSession, model_dir: str, pipeline: PipelineModel) -> None:
+    """``model.onnx`` in a fresh fit model directory, or the reason in its card why there is none."""
+    from sparkvision.deploy.export import NOT_EXPORTED, NotExportableError, export_pipeline
+    from sparkvision.models.model_dir import load_card, save_card
+
+    try:
+        export_pipeline(spark, model_dir, pipeline)
+    except NotExportableError as exc:
+        log.info("no model.onnx: %s", exc)
+        card = load_card(model_dir)
+        card.provenance = {**card.provenance, NOT_EXPORTED: str(exc)}
+        save_card(model_dir, card)
 
 
 def featurized(featurizer: ImageFeaturizer, frame: DataFrame) -> DataFrame:

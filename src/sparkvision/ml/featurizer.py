@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 
 from sparkvision.config import FeaturizeSettings
 from sparkvision.ml.base import HasModelName, OnnxImageTransformer
-from sparkvision.ml.onnx_stage import ModelSource, RawOutput, from_registry, run_model
+from sparkvision.ml.onnx_stage import RawOutput, run_model
+from sparkvision.models.runner import ModelSource, from_registry
 from sparkvision.session import task_cpus
 
 OUTPUTS = ("features", "logits")
@@ -107,8 +108,8 @@ class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         return run_model(
-            dataset, self.model_source(), self.getInputCol(), self.getErrorCol(), output_role=output,
-            mapper=RawOutput("values"), columns={"values": (self.getOutputCol(), to_vector)},
+            dataset, self.model_source(), self.getInputCol(), self.getErrorCol(),
+            mapper=RawOutput("values", role=output), columns={"values": (self.getOutputCol(), to_vector)},
             batch_size=self.getBatchSize(), threads=task_cpus(dataset.sparkSession),
             counter=self._rows_counter(dataset.sparkSession),
         )

@@ -22,13 +22,8 @@ from pyspark.sql import DataFrame
 
 from sparkvision.config import FeaturizeSettings
 from sparkvision.ml.base import HasModelName, OnnxImageTransformer
-from sparkvision.ml.onnx_stage import (
-    ClassProbabilities,
-    ModelSource,
-    from_model_dir,
-    from_registry,
-    run_model,
-)
+from sparkvision.ml.onnx_stage import ClassProbabilities, run_model
+from sparkvision.models.runner import ModelSource, from_model_dir, from_registry
 from sparkvision.session import task_cpus
 
 
@@ -155,7 +150,7 @@ class ImagePredictor(OnnxImageTransformer, HasModelName):
             "top_k": (self.getTopKCol() if top_k else "", None),
         }
         return run_model(
-            dataset, source, self.getInputCol(), self.getErrorCol(), output_role="logits", mapper=mapper,
+            dataset, source, self.getInputCol(), self.getErrorCol(), mapper=mapper,
             columns=columns, batch_size=self.getBatchSize(), threads=task_cpus(dataset.sparkSession),
             counter=self._rows_counter(dataset.sparkSession),
         )

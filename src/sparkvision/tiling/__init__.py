@@ -6,7 +6,7 @@ directory) -> ``aggregate``/``heatmap`` (per-image labels, heat maps, boxes).
 """
 
 from sparkvision.tiling.aggregate import aggregate_tiles, write_results
-from sparkvision.tiling.classify import TileClassifier, classify_tiles
+from sparkvision.tiling.classify import classify_tiles
 from sparkvision.tiling.grid import LevelGrid, Tile, grid
 from sparkvision.tiling.heatmap import Box, find_boxes, heat_raster, match_boxes
 from sparkvision.tiling.readers import open_scene
@@ -14,7 +14,7 @@ from sparkvision.tiling.tiler import iter_tiles, parse_tile_path, tile_path
 from sparkvision.tiling.tiles import TILE_SCHEMA, Tiler, list_sources, read_tiles, tile, write_tiles
 
 __all__ = [
-    "TILE_SCHEMA", "Box", "LevelGrid", "Tile", "TileClassifier", "Tiler", "aggregate_tiles", "classify_tiles",
+    "TILE_SCHEMA", "Box", "LevelGrid", "Tile", "Tiler", "aggregate_tiles", "classify_tiles",
     "find_boxes", "grid", "heat_raster", "iter_tiles", "list_sources", "match_boxes", "open_scene",
     "parse_tile_path", "read_tiles", "tile", "tile_path", "write_results", "write_tiles",
 ]

@@ -1,7 +1,9 @@
-"""HTTP serving of a model directory: FastAPI app, micro-batching, Prometheus metrics, a web page."""
+"""HTTP serving of a model directory: FastAPI app, micro-batching, Prometheus metrics, a web page.
+
+The model is a :class:`sparkvision.models.runner.ClassifierRunner`, like everywhere else.
+"""
 
 from sparkvision.deploy.serve.app import create_app, run_server
 from sparkvision.deploy.serve.batching import MicroBatcher
-from sparkvision.deploy.serve.model import ServedModel
 
-__all__ = ["MicroBatcher", "ServedModel", "create_app", "run_server"]
+__all__ = ["MicroBatcher", "create_app", "run_server"]

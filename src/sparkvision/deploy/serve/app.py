@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,11 +40,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sparkvision import __version__
-from sparkvision.config import ServeSettings
+from sparkvision.config import DecodeSettings, ServeSettings
 from sparkvision.deploy.serve.batching import MicroBatcher
 from sparkvision.deploy.serve.metrics import ServeMetrics
-from sparkvision.deploy.serve.model import ServedModel
 from sparkvision.io.errors import ErrorKind, ImageError
+from sparkvision.models.runner import ClassifierRunner
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,24 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+def model_info(model: ClassifierRunner) -> ModelInfo:
+    card = model.card
+    assert card is not None, "the server loads its model from a model directory"
+    return ModelInfo(
+        name=card.name, version=model.version, kind=card.kind, architecture=card.architecture,
+        classes=list(card.labels), num_classes=len(card.labels), input_size=model.input_shape,
+        preprocess=card.preprocess.to_dict(), created=card.created, sparkvision_version=card.sparkvision_version,
+    )
+
+
+def load_classifier(model_dir: str | Path, settings: ServeSettings) -> ClassifierRunner:
+    """The model directory's classifier, one ONNX Runtime call per micro-batch, decoding within the pixel limit."""
+    return ClassifierRunner.from_model_dir(
+        model_dir, threads=settings.threads or os.cpu_count() or 1, batch_size=settings.max_batch,
+        decode=DecodeSettings(max_pixels=settings.max_pixels) if settings.max_pixels else None,
+    )
 
 
 # ---------------------------------------------------------------- reading requests
@@ -213,16 +232,16 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        model = ServedModel(model_dir, threads=settings.threads, max_pixels=settings.max_pixels)
-        batcher = MicroBatcher(model.infer, metrics, enabled=settings.batching, max_batch=settings.max_batch,
+        model = load_classifier(model_dir, settings)
+        batcher = MicroBatcher(model.predict_proba, metrics, enabled=settings.batching, max_batch=settings.max_batch,
                                window_ms=settings.batch_window_ms)
         decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="sv-decode")
         await batcher.start()
         state.update(model=model, batcher=batcher, decoder=decoder)
         warm = np.zeros((1, *model.input_shape), dtype=np.float32)
-        await asyncio.get_running_loop().run_in_executor(None, model.infer, warm)
+        await asyncio.get_running_loop().run_in_executor(None, model.predict_proba, warm)
         state["ready"] = True
-        log.info("serving %s (%d classes, version %s), batching %s", model.card.name, len(model.labels),
+        log.info("serving %s (%d classes, version %s), batching %s", model.name, len(model.labels or ()),
                  model.version, f"on (max {settings.max_batch}, window {settings.batch_window_ms} ms)"
                  if settings.batching else "off")
         try:
@@ -250,17 +269,17 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
         log.error("internal error on %s: %s", request.url.path, exc, exc_info=exc)
         return JSONResponse({"error": {"code": "internal", "message": "internal server error"}}, status_code=500)
 
-    def _model() -> ServedModel:
+    def _model() -> ClassifierRunner:
         if not state["ready"]:
             raise APIError(503, "not_ready", "the model is still loading")
         return state["model"]
 
-    async def _decode(model: ServedModel, images: list[tuple[str | None, bytes]]) -> np.ndarray:
+    async def _decode(model: ClassifierRunner, images: list[tuple[str | None, bytes]]) -> np.ndarray:
         loop = asyncio.get_running_loop()
 
         def one(data: bytes) -> np.ndarray | ImageError:
             try:
-                return model.preprocess(data)
+                return model.preprocess_one(data)
             except ImageError as exc:
                 return exc
 
@@ -284,8 +303,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
         tensor = await _decode(model, images)
         probabilities = await state["batcher"].submit(tensor)
         metrics.images.inc(len(images))
-        tops = model.top_k(probabilities, top_k)
-        return PredictResponse(model=model.card.name, version=model.version, predictions=[
+        tops = model.top_k_of(probabilities, top_k)
+        return PredictResponse(model=model.name, version=model.version, predictions=[
             ImagePrediction(filename=name, prediction=top[0]["label"],
                             top_k=[LabelProbability(**t) for t in top])
             for (name, _), top in zip(images, tops, strict=True)
@@ -293,7 +312,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
 
     @app.get("/v1/models", response_model=ModelsResponse)
     async def models() -> ModelsResponse:
-        return ModelsResponse(models=[ModelInfo(**_model().describe())])
+        return ModelsResponse(models=[model_info(_model())])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -303,7 +322,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
     async def readyz() -> JSONResponse:
         if not state["ready"]:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "model": state["model"].card.name})
+        return JSONResponse({"status": "ready", "model": state["model"].name})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -319,17 +338,16 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
 
 
 def run_server(model_dir: str | Path, settings: ServeSettings | None = None) -> None:
-    """Serve until interrupted (what ``sparkvision serve`` runs)."""
+    """Serve until interrupted (what ``sparkvision serve`` runs).
+
+    A model saved by an older ``sparkvision fit`` without ``model.onnx`` is exported first (once).
+    """
     import uvicorn
 
-    from sparkvision.models.model_dir import load_card, onnx_path
+    from sparkvision.deploy.export import ensure_onnx
 
     settings = settings or ServeSettings()
-    card = load_card(model_dir)  # fail here, with one clear line, rather than inside uvicorn's startup
-    if not card.onnx and card.kind == "spark_pipeline":
-        raise FileNotFoundError(f"{model_dir} is a Spark pipeline without model.onnx; run 'sparkvision export "
-                                f"{model_dir}' first")
-    onnx_path(model_dir, card)
+    ensure_onnx(model_dir)  # fail here, with one clear line, rather than inside uvicorn's startup
     app = create_app(model_dir, settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 limit_concurrency=None, timeout_graceful_shutdown=5)
