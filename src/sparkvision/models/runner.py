@@ -132,8 +132,8 @@ def _read_bytes(path: str | Path) -> bytes:
 
 def from_registry(name: str) -> ModelSource:
     """A registered backbone (exported to ONNX once and cached, or the user's ONNX file)."""
-    from sparkvision.models.onnx_export import registered_onnx
     from sparkvision.models import get_spec
+    from sparkvision.models.onnx_export import registered_onnx
 
     spec = get_spec(name)
     path = registered_onnx(name)
