@@ -26,6 +26,9 @@ class PreprocessedBatch:
     tensor: np.ndarray  # float32 (n_ok, C, H, W), C-contiguous
     index: np.ndarray  # int64 (n_ok,), positions in the input sequence
     errors: list[str | None]  # one per input, None where the row decoded
+    #: int64 (n_ok, 2): each decoded image's (width, height) as displayed, before resizing;
+    #: what maps model-input coordinates (detections, letterbox) back to the image.
+    sizes: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -46,10 +49,25 @@ class ImagePreprocessor:
 
     def load(self, data: bytes | None) -> np.ndarray:
         """One image as uint8 (H, W, C) at the model's size. Raises ImageError, and only that."""
+        return self.load_sized(data)[0]
+
+    def load_sized(self, data: bytes | None) -> tuple[np.ndarray, tuple[int, int]]:
+        """:meth:`load` and the image's displayed (width, height) before any resizing.
+
+        Geometry (letterbox placement) is computed from that full size, not from a JPEG
+        draft's reduced one, so coordinates map back to the original exactly.
+        """
+        displayed: list[tuple[int, int]] = []
+
+        def draft(width: int, height: int) -> tuple[str, tuple[int, int]]:
+            displayed.append((width, height))
+            return self._draft(width, height)
+
         try:
-            img = decode_image(data, self.decode_settings, draft=self._draft)
+            img = decode_image(data, self.decode_settings, draft=draft)
+            size = displayed[0] if displayed else img.size
             img = to_model_mode(img, self.config.channels, self.decode_settings.alpha_background)
-            return to_array(resize_image(img, self.config))
+            return to_array(resize_image(img, self.config, source_size=size)), size
         except ImageError:
             raise
         except MemoryError:
@@ -59,19 +77,28 @@ class ImagePreprocessor:
 
     def load_uint8(self, contents: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """uint8 NHWC batch of the rows that decoded, their positions, and per-row errors."""
+        return self.load_uint8_sized(contents)[:3]
+
+    def load_uint8_sized(
+        self, contents: Sequence[bytes | None]
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None], np.ndarray]:
+        """:meth:`load_uint8` plus each decoded image's displayed (width, height)."""
         height, width = self.config.size
         out = np.empty((len(contents), height, width, self.config.channels), dtype=np.uint8)
         errors: list[str | None] = [None] * len(contents)
         ok: list[int] = []
+        sizes: list[tuple[int, int]] = []
         for i, data in enumerate(contents):
             try:
-                out[len(ok)] = self.load(data)
+                out[len(ok)], size = self.load_sized(data)
             except ImageError as exc:
                 errors[i] = exc.message
                 continue
             ok.append(i)
-        return out[: len(ok)], np.asarray(ok, dtype=np.int64), errors
+            sizes.append(size)
+        return (out[: len(ok)], np.asarray(ok, dtype=np.int64), errors,
+                np.asarray(sizes, dtype=np.int64).reshape(-1, 2))
 
     def __call__(self, contents: Sequence[bytes | None]) -> PreprocessedBatch:
-        pixels, index, errors = self.load_uint8(contents)
-        return PreprocessedBatch(self.normalize(pixels), index, errors)
+        pixels, index, errors, sizes = self.load_uint8_sized(contents)
+        return PreprocessedBatch(self.normalize(pixels), index, errors, sizes)

@@ -41,10 +41,25 @@ def scaled_size(width: int, height: int, config: PreprocessConfig) -> tuple[int,
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def resize_image(img: Image.Image, config: PreprocessConfig) -> Image.Image:
-    """Resize/crop/pad ``img`` to exactly ``config.size`` by ``config.resize_mode``."""
+def letterbox_placement(width: int, height: int, config: PreprocessConfig) -> tuple[int, int, int, int]:
+    """Where a ``width`` x ``height`` image lands in a letterboxed input: (new_w, new_h, pad_x, pad_y).
+
+    The one formula behind :func:`resize_image`'s letterbox and every box mapped to or
+    from model-input pixels.
+    """
     target_h, target_w = config.size
-    new_w, new_h = scaled_size(img.width, img.height, config)
+    new_w, new_h = scaled_size(width, height, config)
+    return new_w, new_h, (target_w - new_w) // 2, (target_h - new_h) // 2
+
+
+def resize_image(img: Image.Image, config: PreprocessConfig, source_size: tuple[int, int] | None = None) -> Image.Image:
+    """Resize/crop/pad ``img`` to exactly ``config.size`` by ``config.resize_mode``.
+
+    ``source_size`` is the image's full displayed size when ``img`` is a reduced JPEG
+    draft of it: the target geometry then follows the full image, not the draft.
+    """
+    target_h, target_w = config.size
+    new_w, new_h = scaled_size(*(source_size or img.size), config)
     if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), _RESAMPLING[config.interpolation], reducing_gap=3.0)
     if config.resize_mode == "center_crop":

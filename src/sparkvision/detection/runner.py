@@ -1,0 +1,102 @@
+"""Running an exported detector without Spark: encoded images in, boxes on the original images out.
+
+:class:`DetectorRunner` is the detection sibling of
+:class:`~sparkvision.models.runner.ClassifierRunner`: the same loading (model directory,
+ONNX Runtime session per process, preprocessing from the card), with the card's
+letterbox preprocessing, the graph's ``boxes``/``scores`` outputs and the one decoder
+(:func:`sparkvision.detection.postprocess.decode`) that maps detections back to each
+image's own pixels. Spark's ``detect``, the HTTP server and tiling all use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sparkvision.config import PreprocessConfig
+from sparkvision.detection.postprocess import DecodeSettings, Detections, Letterbox, decode
+from sparkvision.io.errors import ErrorKind, ImageError
+from sparkvision.models.runner import Images, OnnxImageRunner, RowOutputs
+from sparkvision.preprocess.transforms import letterbox_placement
+
+OUTPUTS = {"boxes": "boxes", "scores": "scores"}
+
+
+def letterbox_of(width: int, height: int, config: PreprocessConfig) -> Letterbox:
+    """How an image of ``width`` x ``height`` sits in the model input under ``config``."""
+    if config.resize_mode == "letterbox":
+        new_w, new_h, pad_x, pad_y = letterbox_placement(width, height, config)
+        return Letterbox(new_w / width, new_h / height, pad_x, pad_y, width, height)
+    if config.resize_mode == "resize":
+        target_h, target_w = config.size
+        return Letterbox(target_w / width, target_h / height, 0, 0, width, height)
+    raise ValueError(f"a detector needs resize_mode 'letterbox' or 'resize', not {config.resize_mode!r}")
+
+
+class DetectorRunner(OnnxImageRunner):
+    """An exported detector: outputs ``boxes`` (N, A, 4) in input pixels and ``scores`` (N, A, classes)."""
+
+    def __init__(self, model: bytes | Callable[[], bytes], preprocess: PreprocessConfig, *,
+                 settings: DecodeSettings | None = None, **options: Any) -> None:
+        super().__init__(model, preprocess, **options)
+        missing = [o for o in OUTPUTS if o not in self.outputs]
+        if missing:
+            raise ValueError(f"model {self.name!r} is not a detector: no {missing} output(s) "
+                             f"(outputs: {sorted(self.outputs)})")
+        letterbox_of(1, 1, preprocess)  # refuses a crop, which would lose objects
+        self.settings = settings or DecodeSettings()
+
+    def with_settings(self, settings: DecodeSettings) -> DetectorRunner:
+        self.settings = settings
+        return self
+
+    def detect_tensor(self, tensor: np.ndarray, sizes: np.ndarray) -> list[Detections]:
+        """Detections of a preprocessed batch whose originals were ``sizes`` (width, height) each."""
+        boxes, scores = self.run(tensor, list(OUTPUTS))
+        return self._decode(boxes, scores, sizes)
+
+    def _decode(self, boxes: np.ndarray, scores: np.ndarray, sizes: np.ndarray) -> list[Detections]:
+        labels = self.labels or []
+        if labels and scores.shape[-1] != len(labels):
+            raise ImageError(ErrorKind.MODEL,
+                             f"the detector gives {scores.shape[-1]} class scores but has {len(labels)} labels")
+        return [decode(b, s, self.settings, letterbox_of(int(w), int(h), self.config))
+                for b, s, (w, h) in zip(boxes, scores, sizes, strict=True)]
+
+    def detect(self, images: Images) -> RowOutputs[list[Detections]]:
+        """Detections for encoded images; a row that does not decode or run gets an error instead."""
+        errors: list[str | None] = [None] * len(images)
+        index: list[int] = []
+        values: list[Detections] = []
+        names = [self.output_name(r) for r in OUTPUTS]
+        for start in range(0, len(images), self.batch_size):
+            batch = self.preprocess(images[start:start + self.batch_size])
+            for i, error in enumerate(batch.errors):
+                if error is not None:
+                    errors[start + i] = error
+            if not len(batch.index):
+                continue
+            (boxes, scores), failed = self._run_rows(batch.tensor, names)
+            for k, position in enumerate(batch.index):
+                target = start + int(position)
+                if k in failed:
+                    errors[target] = ImageError(ErrorKind.MODEL, failed[k]).message
+                    continue
+                if not (np.isfinite(boxes[k]).all() and np.isfinite(scores[k]).all()):
+                    errors[target] = ImageError(ErrorKind.MODEL, "the model produced non-finite outputs").message
+                    continue
+                try:
+                    values.extend(self._decode(boxes[k:k + 1], scores[k:k + 1], batch.sizes[k:k + 1]))
+                except ImageError as exc:
+                    errors[target] = exc.message
+                    continue
+                index.append(target)
+        return RowOutputs(values, np.asarray(index, dtype=np.int64), errors)
+
+    def detect_records(self, images: Images) -> tuple[list[list[dict] | None], list[str | None]]:
+        """Per input: the ``boxes`` column's records (label, score, xmin, ymin, xmax, ymax) or None, and the error."""
+        rows = self.detect(images)
+        labels = self.labels or [str(i) for i in range(1 << 16)]
+        return rows.per_input([d.records(labels) for d in rows.values]), rows.errors
