@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "sparkvision.cli.data",
     "sparkvision.cli.transfer",
     "sparkvision.cli.train",
+    "sparkvision.cli.detect",
     "sparkvision.cli.evaluate",
     "sparkvision.cli.tiling",
     "sparkvision.cli.deploy",

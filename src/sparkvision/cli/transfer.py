@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from sparkvision.cli.common import emit, spark_from_args
 from sparkvision.cli.data import add_source_options, read_source
+from sparkvision.cli.detect import add_detection_options, detection_settings
 from sparkvision.config import FeaturizeSettings, TransferSettings
 from sparkvision.io.schema import LABEL, PATH
 from sparkvision.progress import spark_progress
@@ -106,7 +107,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     spark = spark_from_args(args)
     frame = read_source(spark, args, args.input, probe="header")
-    summary = predict(spark, args.model, frame, args.out, overwrite=args.overwrite, batch_size=args.batch_size)
+    summary = predict(spark, args.model, frame, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
+                      detection=detection_settings(args))
     emit(summary.to_dict())
     return 0
 
@@ -246,6 +248,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         parents=common,
         help="batch prediction with any model directory into Parquet (every input row exactly once)",
         description="Run MODEL_DIR (kind spark_pipeline from 'fit', or onnx from 'train'/'optimize') on SRC and "
+        "(for a detector, see 'sparkvision detect': boxes instead of prediction/probability) "
         "write Parquet with path, label (true class or null), prediction, probability (array<double> in the "
         "model card's labels order, see MODEL_DIR/labels.txt) and error. Bad images get an error, never a "
         "failed job. The output is checked to hold every input row exactly once, then moved into place.",
@@ -257,6 +260,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     pred.add_argument("--out", required=True, metavar="PREDICTIONS", help="output Parquet directory (any Hadoop URI)")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output (atomically)")
     _add_common_model_options(pred)
+    add_detection_options(pred)
     add_source_options(pred)
     pred.set_defaults(handler=_predict)
 

@@ -22,6 +22,11 @@ probability    array<double>   one value per class in the model card's ``labels`
 error          string          null, or ``"<kind>: <detail>"`` (from ingest or model)
 =============  ==============  ====================================================
 
+A detector model directory (card kind ``detector``, from ``sparkvision train --task
+detect``) runs through :class:`~sparkvision.ml.detector.ObjectDetector` instead, and the
+contract's ``prediction``/``probability`` are replaced by ``boxes``:
+``array<struct<label, score, xmin, ymin, xmax, ymax>>`` in pixels of the original image.
+
 Every input row appears exactly once; this is checked (row count and per-path
 multiplicity) on the written files before they are moved into place.
 """
@@ -40,6 +45,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
 from sparkvision import storage
+from sparkvision.detection.postprocess import DecodeSettings
 from sparkvision.io.schema import ERROR, LABEL, PATH
 from sparkvision.models.model_dir import ModelCard, load_card
 from sparkvision.progress import spark_progress
@@ -54,6 +60,17 @@ PREDICTIONS_SCHEMA = StructType([
     StructField(ERROR, StringType(), True),
 ])
 PREDICTION_COLUMNS = [f.name for f in PREDICTIONS_SCHEMA.fields]
+
+
+def _detections_schema() -> StructType:
+    from sparkvision.ml.detector import BOXES_TYPE
+
+    return StructType([
+        StructField(PATH, StringType(), False),
+        StructField(LABEL, StringType(), True),
+        StructField("boxes", BOXES_TYPE, True),
+        StructField(ERROR, StringType(), True),
+    ])
 #: Written next to the Parquet parts; ``labels`` in it is the ``probability`` order. Not the
 #: dataset marker (``io.dataset.MARKER``): a predictions directory is not an image dataset.
 PREDICTIONS_MARKER = "_sparkvision_predictions.json"
@@ -75,19 +92,29 @@ class LoadedModel:
     def labels(self) -> list[str]:
         return list(self.card.labels)
 
+    @property
+    def is_detector(self) -> bool:
+        return self.card.kind == "detector"
+
+    @property
+    def schema(self) -> StructType:
+        """The written contract: classification predictions, or boxes for a detector."""
+        return _detections_schema() if self.is_detector else PREDICTIONS_SCHEMA
+
     def transform(self, frame: DataFrame) -> DataFrame:
         return self.transformer.transform(frame)
 
     def predictions(self, frame: DataFrame) -> DataFrame:
-        """Only the predictions contract's columns (``label`` null when ``frame`` has none)."""
+        """Only the contract's columns (``label`` null when ``frame`` has none)."""
         if LABEL not in frame.columns:
             frame = frame.withColumn(LABEL, F.lit(None).cast(StringType()))
         out = self.transform(frame)
-        return out.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in PREDICTIONS_SCHEMA.fields])
+        return out.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in self.schema.fields])
 
 
-def load_model(model_dir: str | Path, batch_size: int | None = None) -> LoadedModel:
-    """Any sparkvision model directory as a Transformer producing ``prediction``/``probability``/``error``."""
+def load_model(model_dir: str | Path, batch_size: int | None = None, detection: DecodeSettings | None = None) -> LoadedModel:
+    """Any sparkvision model directory as a Transformer producing ``prediction``/``probability``/``error``
+    (or, for a detector, ``boxes``/``error`` with ``detection``'s thresholds)."""
     model_dir = Path(storage.local_path(model_dir)).resolve()
     card = load_card(model_dir)
     if card.kind == "spark_pipeline":
@@ -103,8 +130,15 @@ def load_model(model_dir: str | Path, batch_size: int | None = None) -> LoadedMo
         from sparkvision.ml.predictor import ImagePredictor
 
         transformer = ImagePredictor(modelDir=str(model_dir), topK=0, **({"batchSize": batch_size} if batch_size else {}))
+    elif card.kind == "detector":
+        from sparkvision.ml.detector import ObjectDetector
+
+        settings = detection or DecodeSettings()
+        transformer = ObjectDetector(modelDir=str(model_dir), scoreThreshold=settings.score_threshold,
+                                     iouThreshold=settings.iou_threshold, maxBoxes=settings.max_boxes,
+                                     **({"batchSize": batch_size} if batch_size else {}))
     else:
-        raise ValueError(f"{model_dir}: unknown model kind {card.kind!r} (expected spark_pipeline or onnx)")
+        raise ValueError(f"{model_dir}: unknown model kind {card.kind!r} (expected spark_pipeline, onnx or detector)")
     return LoadedModel(model_dir, card, transformer)
 
 
@@ -118,6 +152,9 @@ class PredictSummary:
     errors: int
     error_kinds: dict[str, int] = field(default_factory=dict)
     predicted_classes: dict[str, int] = field(default_factory=dict)
+    #: Detectors only: boxes written, in all and per class.
+    boxes: int | None = None
+    boxes_per_class: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,13 +194,14 @@ def predict(
     out: str,
     overwrite: bool = False,
     batch_size: int | None = None,
+    detection: DecodeSettings | None = None,
 ) -> PredictSummary:
     """Write ``frame``'s predictions to ``out`` (Parquet), all or nothing.
 
     The output is staged, checked to hold every input row exactly once, and only then
     renamed into place; an existing ``out`` is refused unless ``overwrite``.
     """
-    model = load_model(model_dir, batch_size)
+    model = load_model(model_dir, batch_size, detection)
     predictions = model.predictions(frame)
     with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "predict"):
@@ -184,11 +222,18 @@ def _summarize(written: DataFrame, rows: int) -> dict[str, Any]:
         for r in written.where(F.col(ERROR).isNotNull())
         .groupBy(F.split(F.col(ERROR), ":").getItem(0).alias("kind")).count().collect()
     }
+    errors = sum(kinds.values())
+    if "boxes" in written.columns:  # a detector: boxes per class, over every image
+        boxes = written.select(F.explode("boxes").alias("box")).groupBy("box.label").count().collect()
+        classes = {r["label"]: int(r["count"]) for r in boxes}
+        return {
+            "rows": rows, "predicted": rows - errors, "errors": errors, "error_kinds": dict(sorted(kinds.items())),
+            "predicted_classes": {}, "boxes": sum(classes.values()), "boxes_per_class": dict(sorted(classes.items())),
+        }
     classes = {
         r["prediction"]: int(r["count"])
         for r in written.where(F.col("prediction").isNotNull()).groupBy("prediction").count().collect()
     }
-    errors = sum(kinds.values())
     return {
         "rows": rows, "predicted": sum(classes.values()), "errors": errors,
         "error_kinds": dict(sorted(kinds.items())), "predicted_classes": dict(sorted(classes.items())),

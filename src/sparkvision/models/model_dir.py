@@ -37,7 +37,7 @@ SPARK_PIPELINE_DIR = "spark_pipeline"
 METRICS_FILE = "metrics.json"
 FORMAT_VERSION = 1
 
-ModelKind = Literal["onnx", "spark_pipeline"]
+ModelKind = Literal["onnx", "spark_pipeline", "detector"]
 
 
 @dataclass
