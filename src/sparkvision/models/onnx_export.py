@@ -45,15 +45,19 @@ def export_onnx(
     path: str | Path,
     input_shape: tuple[int, int, int],
     with_features: bool = True,
+    output_names: list[str] | None = None,
 ) -> Path:
     """Export ``model`` in eval mode; outputs ``features`` and ``logits`` (or ``logits`` only).
+
+    ``output_names`` exports ``model`` as it is, naming its outputs (a detector's
+    ``boxes`` and ``scores``); every output keeps a dynamic batch axis.
 
     Written to a temporary file and renamed, so concurrent exporters never leave a
     half-written model behind.
     """
     path = Path(path)
-    wrapped: nn.Module = FeaturesAndLogits(model) if with_features else model
-    outputs = ["features", "logits"] if with_features else ["logits"]
+    wrapped: nn.Module = FeaturesAndLogits(model) if with_features and not output_names else model
+    outputs = output_names or (["features", "logits"] if with_features else ["logits"])
     was_training = model.training
     wrapped.eval()
     dummy = torch.zeros(2, *input_shape)
