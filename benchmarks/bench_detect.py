@@ -67,6 +67,7 @@ def _spark(spark, folder: Path, model_dir: Path, rows: int, repeat: int) -> tupl
 
 def _accuracy(spark, bccd: Path, model_dir: Path, work: Path) -> dict:
     from sparkvision.evaluation.detection import evaluate_detections
+
     from sparkvision.inference.predict import predict
     from sparkvision.io import load_images
 

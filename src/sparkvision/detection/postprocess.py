@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparkvision.config import PreprocessConfig
 from sparkvision.detection.boxes import batched_nms, clip_boxes
+from sparkvision.preprocess.transforms import letterbox_placement
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,17 @@ class Letterbox:
         out[:, 0::2] = out[:, 0::2] * self.scale_x + self.pad_x
         out[:, 1::2] = out[:, 1::2] * self.scale_y + self.pad_y
         return out
+
+
+def letterbox_of(width: int, height: int, config: PreprocessConfig) -> Letterbox:
+    """How an image of ``width`` x ``height`` sits in the model input under ``config``."""
+    if config.resize_mode == "letterbox":
+        new_w, new_h, pad_x, pad_y = letterbox_placement(width, height, config)
+        return Letterbox(new_w / width, new_h / height, pad_x, pad_y, width, height)
+    if config.resize_mode == "resize":
+        target_h, target_w = config.size
+        return Letterbox(target_w / width, target_h / height, 0, 0, width, height)
+    raise ValueError(f"a detector needs resize_mode 'letterbox' or 'resize', not {config.resize_mode!r}")
 
 
 @dataclass

@@ -16,23 +16,11 @@ from typing import Any
 import numpy as np
 
 from sparkvision.config import PreprocessConfig
-from sparkvision.detection.postprocess import DecodeSettings, Detections, Letterbox, decode
+from sparkvision.detection.postprocess import DecodeSettings, Detections, decode, letterbox_of
 from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.models.runner import Images, OnnxImageRunner, RowOutputs
-from sparkvision.preprocess.transforms import letterbox_placement
 
 OUTPUTS = {"boxes": "boxes", "scores": "scores"}
-
-
-def letterbox_of(width: int, height: int, config: PreprocessConfig) -> Letterbox:
-    """How an image of ``width`` x ``height`` sits in the model input under ``config``."""
-    if config.resize_mode == "letterbox":
-        new_w, new_h, pad_x, pad_y = letterbox_placement(width, height, config)
-        return Letterbox(new_w / width, new_h / height, pad_x, pad_y, width, height)
-    if config.resize_mode == "resize":
-        target_h, target_w = config.size
-        return Letterbox(target_w / width, target_h / height, 0, 0, width, height)
-    raise ValueError(f"a detector needs resize_mode 'letterbox' or 'resize', not {config.resize_mode!r}")
 
 
 class DetectorRunner(OnnxImageRunner):

@@ -72,7 +72,7 @@ def object_counts(uri: str) -> dict[str, int]:
 
 def load_detection_shard(uri: str, classes: list[str], preprocess: PreprocessConfig, rank: int, world: int,
                          decode_settings, progress: TextIO | None = None, desc: str = "decode") -> DetectionShard:
-    from sparkvision.detection.runner import letterbox_of
+    from sparkvision.detection.postprocess import letterbox_of
     from sparkvision.preprocess import ImagePreprocessor
     from sparkvision.training.data import DECODE_CHUNK, read_column, read_contents, read_index, shard_rows
 
