@@ -83,7 +83,8 @@ _FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then the preset, then every flag the user gave."""
-    base = preset(args.preset) if args.preset else TrainConfig()
+    name = args.preset or ("fcos-detect" if getattr(args, "task", "classify") == "detect" else None)
+    base = preset(name) if name else TrainConfig()
     overrides: dict[str, Any] = {}
     for dest, (section, name) in _FLAG_FIELDS.items():
         value = getattr(args, dest, None)
@@ -107,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
         result = fit(
             spark, config, train=args.train, out=args.out, val=args.val, test=args.test, name=args.name,
             overwrite=args.overwrite, decode=decode_settings(args),
-            source_reader=lambda src: read_source(spark, args, src, probe="header"),
+            source_reader=lambda src: read_source(spark, args, src, probe="header"), task=args.task,
         )
     except TrainingFailedError as exc:
         log.debug("training failure", exc_info=True)
@@ -170,7 +171,10 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     run.add_argument("--workers", type=int, default=None, help="data-parallel ranks (default 1)")
     run.add_argument("--seed", type=int, default=None, help="seed for weights, data order and augmentation (42)")
     run.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
-    run.add_argument("--monitor", choices=["val_loss", "val_top1"], default=None,
+    run.add_argument("--task", choices=["classify", "detect"], default="classify",
+                     help="what the network learns: one label per image, or boxes (VOC/COCO sources; defaults "
+                     "to --preset fcos-detect)")
+    run.add_argument("--monitor", choices=["val_loss", "val_top1", "val_map50"], default=None,
                      help="metric for best-model tracking and early stopping (default val_loss)")
     run.add_argument("--export", choices=["best", "last"], default=None,
                      help="export the best epoch's weights or the last's (default best)")

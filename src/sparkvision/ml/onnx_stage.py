@@ -76,6 +76,11 @@ class OutputMapper:
     role: str
     fields: list[StructField]
 
+    def make_runner(self, data: Callable[[], bytes], spec: KernelSpec) -> Any:
+        """The runner this mapper reads (a classifier's; a detector's mapper makes a DetectorRunner)."""
+        return ClassifierRunner(data, spec.preprocess, outputs=spec.outputs, labels=spec.labels, name=spec.name,
+                                key=spec.digest, threads=spec.threads, batch_size=spec.batch_size)
+
     def __call__(self, runner: ClassifierRunner, contents: list[Any]) -> dict[str, list[Any]]:
         raise NotImplementedError
 
@@ -137,9 +142,8 @@ class KernelSpec:
     threads: int
     mapper: OutputMapper
 
-    def runner(self, data: Callable[[], bytes]) -> ClassifierRunner:
-        return ClassifierRunner(data, self.preprocess, outputs=self.outputs, labels=self.labels, name=self.name,
-                                key=self.digest, threads=self.threads, batch_size=self.batch_size)
+    def runner(self, data: Callable[[], bytes]) -> Any:
+        return self.mapper.make_runner(data, self)
 
 
 def _result_type(mapper: OutputMapper) -> StructType:

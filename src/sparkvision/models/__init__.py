@@ -17,7 +17,8 @@ from typing import Any
 from sparkvision.models import registry
 
 #: The modules that register sparkvision's own models.
-FAMILIES = ("sparkvision.models.efficientnet", "sparkvision.models.lenet", "sparkvision.models.smallcnn")
+FAMILIES = ("sparkvision.models.efficientnet", "sparkvision.models.lenet", "sparkvision.models.smallcnn",
+            "sparkvision.models.fcos")
 
 
 def load_families() -> None:

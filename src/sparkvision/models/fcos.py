@@ -25,6 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparkvision.config import PreprocessConfig
+from sparkvision.models.registry import register
+
 STRIDES = (8, 16, 32, 64)
 #: Objects whose largest side distance falls in a level's range are that level's positives.
 SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, float("inf")))
@@ -193,7 +196,16 @@ class DetectorExport(nn.Module):
         return boxes, scores
 
 
-def build_fcos_lite0(pretrained: bool = True, num_classes: int = 3, fpn_channels: int = 96, head_convs: int = 2,
+#: Letterboxed (objects keep their shape, boxes map back exactly), 384 px: on two CPU cores
+#: a training epoch of a few hundred photos takes minutes; raise it (--image-size) for small objects.
+PREPROCESS = PreprocessConfig.preset("inception", size=(384, 384), channels=3, resize_mode="letterbox",
+                                     interpolation="bilinear", pad_value=0)
+
+
+@register("fcos_lite0", PREPROCESS, num_classes=1, has_pretrained=True, task="detect",
+          description="FCOS-Lite object detector (anchor-free, FPN P3-P6) on ImageNet EfficientNet-Lite0; "
+          "train it with 'sparkvision train --task detect'")
+def build_fcos_lite0(pretrained: bool = True, num_classes: int = 1, fpn_channels: int = 96, head_convs: int = 2,
                      **_: object) -> FCOSLite:
     from sparkvision.models.efficientnet import build as build_backbone
 

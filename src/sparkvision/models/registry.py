@@ -43,6 +43,8 @@ class ModelSpec:
     labels: tuple[str, ...] | None = None
     has_pretrained: bool = False
     description: str = ""
+    #: What the model's output means: ``classify`` (logits) or ``detect`` (boxes, via a task head).
+    task: str = "classify"
     #: Names of the ONNX graph's input and outputs (for registered ONNX files).
     input_name: str = "input"
     output_names: dict[str, str] = field(default_factory=lambda: {"logits": "logits", "features": "features"})
@@ -81,13 +83,14 @@ def register_torch_model(
     has_pretrained: bool = False,
     description: str = "",
     overwrite: bool = False,
+    task: str = "classify",
 ) -> ModelSpec:
     """Register a torch module builder ``builder(pretrained, num_classes, **kwargs)``."""
     return register_model(
         ModelSpec(
             name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
             builder=builder, labels=tuple(labels) if labels else None, has_pretrained=has_pretrained,
-            description=description,
+            description=description, task=task,
         ),
         overwrite=overwrite,
     )
@@ -101,12 +104,13 @@ def register(
     labels: list[str] | None = None,
     has_pretrained: bool = False,
     description: str = "",
+    task: str = "classify",
 ) -> Callable[[Builder], Builder]:
     """Decorator: register the decorated ``builder(pretrained, num_classes, **kwargs)`` as ``name``."""
 
     def decorate(builder: Builder) -> Builder:
         register_torch_model(name, builder, preprocess, num_classes, num_features, labels, has_pretrained,
-                             description)
+                             description, task=task)
         return builder
 
     return decorate

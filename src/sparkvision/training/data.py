@@ -136,6 +136,11 @@ def shard_rows(usable: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 def read_contents(index: DatasetIndex, rows: np.ndarray) -> list[bytes | None]:
     """The encoded bytes of ``rows`` (dataset positions), in that order; only their row groups are read."""
+    return read_column(index, rows, "content")
+
+
+def read_column(index: DatasetIndex, rows: np.ndarray, column: str) -> list[Any]:
+    """One column's values of ``rows`` (dataset positions), in that order; only their row groups are read."""
     fs, _ = storage.arrow_filesystem(index.uri)
     out: list[bytes | None] = [None] * len(rows)
     keys = index.file_index[rows].astype(np.int64) * 1_000_000 + index.row_group[rows]
@@ -152,8 +157,8 @@ def read_contents(index: DatasetIndex, rows: np.ndarray) -> list[bytes | None]:
                 stream = fs.open_input_file(index.files[file_i])
                 streams.append(stream)
                 handles[file_i] = pq.ParquetFile(stream)
-            table = handles[file_i].read_row_group(int(index.row_group[rows[group[0]]]), columns=["content"])
-            values = table.column("content").take(pa.array(index.row_in_group[rows[group]])).to_pylist()
+            table = handles[file_i].read_row_group(int(index.row_group[rows[group[0]]]), columns=[column])
+            values = table.column(column).take(pa.array(index.row_in_group[rows[group]])).to_pylist()
             for position, value in zip(group, values, strict=True):
                 out[position] = value
             del table

@@ -124,6 +124,7 @@ class DetectionTask(Task):
     train_metric_names = ("loss_cls", "loss_box", "loss_ctr")
     eval_metric_names = ("map50",)
     maximize = frozenset({"val_map50"})
+    min_classes = 1
 
     @classmethod
     def data_classes(cls, uri: str) -> dict[str, int]:
@@ -155,23 +156,31 @@ class DetectionTask(Task):
         from sparkvision.models import create_model
 
         model_cfg = self.config.model
-        model = create_model(model_cfg.arch, pretrained=model_cfg.pretrained, num_classes=len(self.job.classes))
+        pretrained = True if model_cfg.pretrained is None else model_cfg.pretrained
+        model = create_model(model_cfg.arch, pretrained=pretrained, num_classes=len(self.job.classes))
+        if not hasattr(model, "backbone") or not hasattr(model, "stages"):
+            raise ValueError(f"{model_cfg.arch!r} is not a detector; --task detect needs one such as fcos_lite0")
         frozen: list[nn.Module] = []
         # Batch norms keep their ImageNet statistics (detection batches are small), and the
-        # backbone's high-resolution stages stay as pretrained: most of the compute, little to gain.
+        # backbone's first stages stay as pretrained: most of the compute, little to gain.
         for module in model.backbone.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.requires_grad_(False)
                 frozen.append(module)
-        stages = model.stages()
-        for stage in stages[: max(0, model_cfg.freeze_stages)]:
+        stages = model.stages()  # stem, backbone blocks, then neck + head (always trained)
+        trainable = len(stages) if model_cfg.unfreeze_stages is None else max(1, model_cfg.unfreeze_stages)
+        for stage in stages[: len(stages) - trainable]:
             stage.requires_grad_(False)
             frozen.append(stage)
         model.to(self.device)
         if self.device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)
-        params = [p for p in model.parameters() if p.requires_grad]
-        return model, [{"params": params, "lr_mult": 1.0}], frozen
+        head = {id(p) for p in stages[-1].parameters()}
+        backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+        groups = [{"params": [p for p in stages[-1].parameters() if p.requires_grad], "lr_mult": 1.0}]
+        if backbone:
+            groups.append({"params": backbone, "lr_mult": model_cfg.backbone_lr_mult})
+        return model, groups, frozen
 
     def train_batch(self, shard: DetectionShard, rows: np.ndarray, rng: np.random.Generator) -> Batch:
         x = self.to_unit(shard.images[rows])
@@ -259,6 +268,17 @@ def detection_metrics(counts: np.ndarray, classes: list[str], prefix: str) -> di
     return out
 
 
+class _ScoresOnly(nn.Module):
+    """The graph's ``scores`` alone, for the ONNX-vs-torch self-check."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)[1]
+
+
 def write_detector(job, preprocess: PreprocessConfig, model: nn.Module, check_images: np.ndarray | None,
                    metrics: dict[str, Any]) -> dict[str, Any]:
     """Write ``model.onnx`` (outputs ``boxes``, ``scores``) and a card of kind ``detector``."""
@@ -273,8 +293,8 @@ def write_detector(job, preprocess: PreprocessConfig, model: nn.Module, check_im
     graph = DetectorExport(cpu_model, height, width).eval()
     onnx_file = export_onnx(graph, out_dir / ONNX_FILE, (preprocess.channels, height, width), with_features=False,
                             output_names=["boxes", "scores"])
-    metrics = {**metrics, "onnx_max_abs_diff": onnx_agreement(graph, onnx_file, check_images, preprocess,
-                                                              output="scores")}
+    metrics = {**metrics, "onnx_max_abs_diff": onnx_agreement(_ScoresOnly(graph), onnx_file, check_images,
+                                                              preprocess, output="scores")}
     card = ModelCard(
         name=job.name, kind="detector", labels=list(job.classes), preprocess=preprocess,
         architecture=job.config.model.arch,

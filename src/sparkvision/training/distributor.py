@@ -198,10 +198,12 @@ def fit(
     prepared = prepare_sources(spark, train, val, test, config.data.val_fraction, config.data.test_fraction,
                                config.seed, work_dir, source_reader)
     index = read_index(prepared.train)
-    counts = index.class_counts()
+    tasks = task_class(task)
+    counts = tasks.data_classes(prepared.train)
     classes = sorted(counts)
-    if len(classes) < 2:
-        raise ValueError(f"training needs at least 2 classes with usable rows in {train}, found {classes}")
+    if len(classes) < tasks.min_classes:
+        raise ValueError(f"{task} training needs at least {tasks.min_classes} classes with usable rows in {train}, "
+                         f"found {classes}")
     if labels is not None:
         unknown = sorted(set(classes) - set(labels))
         if unknown:

@@ -102,6 +102,16 @@ class Task:
             raise ValueError(f"monitor {monitor!r} is not a metric of the {cls.name} task; "
                              f"choose one of {[c for c in columns if c.startswith('val_')]}")
 
+    @classmethod
+    def data_classes(cls, uri: str) -> dict[str, int]:
+        """Classes in a prepared dataset and how many examples each has (the label order is sorted)."""
+        from sparkvision.training.data import read_index
+
+        return read_index(uri).class_counts()
+
+    #: The fewest classes a run can learn (a classifier needs two, a detector one).
+    min_classes: ClassVar[int] = 2
+
     def load(self, uri: str, part: str, rank: int, world: int, progress: TextIO | None) -> Shard:
         raise NotImplementedError
 
@@ -252,6 +262,8 @@ TASKS: dict[str, type[Task]] = {ClassificationTask.name: ClassificationTask}
 
 
 def task_class(name: str) -> type[Task]:
+    if name == "detect":
+        from sparkvision.training import detection  # noqa: F401 - registers the detection task
     if name not in TASKS:
         raise ValueError(f"unknown training task {name!r}; known: {', '.join(sorted(TASKS))}")
     return TASKS[name]
