@@ -92,7 +92,7 @@ def test_detect_cli_every_row_once_and_same_boxes_as_the_runner(tiny_detector, t
     out = tmp_path / "detections"
     done = subprocess.run(
         [sys.executable, "-m", "sparkvision.cli.main", "detect", "--model", str(model), "--input", str(photos),
-         "--out", str(out), "--score-threshold", "0.01", "--master", "local[2]", "--json"],
+         "--out", str(out), "--score-threshold", "0.01", "--master", "local[2]"],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
