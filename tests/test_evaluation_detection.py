@@ -9,6 +9,7 @@ precision-recall points and must agree to 1e-6.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -383,6 +384,25 @@ def test_invalid_boxes_are_counted_and_left_out():
     result = evaluate_images([ImageInput("file:/a.jpg", truth["file:/a.jpg"], predictions["file:/a.jpg"])])
     assert (result.invalid_truths, result.invalid_predictions) == (2, 2)
     assert (result.truths, result.predictions, result.map) == (1, 1, 1.0)
+
+
+def test_pr_curves_of_many_classes_are_small_multiples():
+    from sparkvision.evaluation.detection_report import MAX_CURVE_CLASSES, plot_pr_curves
+
+    rng = np.random.default_rng(11)
+    classes = [f"class{k:02d}" for k in range(30)]
+    truth = {f"file:/{i}.jpg": [_box(classes[(i + k) % 30], 20 * k, 0, 20 * k + 15, 15) for k in range(8)]
+             for i in range(40)}
+    predictions = jitter(truth, seed=12, relabel=0.0)
+    for boxes in predictions.values():
+        for b in boxes:
+            b["label"] = b["label"] if rng.random() > 0.2 else str(rng.choice(classes))
+    result = evaluate_local(truth, predictions)
+    assert len(result.pr_curves) == 30 and all(len(c["recall"]) <= 200 for c in result.pr_curves.values())
+    uri = plot_pr_curves(result)
+    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    rows = -(-MAX_CURVE_CLASSES // 4)
+    assert image.height > 150 * rows and image.width > 900  # a grid of panels, not 30 lines in one
 
 
 # --------------------------------------------------------------------------- Spark

@@ -32,7 +32,6 @@ from sparkvision.evaluation.report import (
     _CSS,
     METRICS_FILE,
     REPORT_FILE,
-    _atomic_write,
     _fmt,
     _img_section,
     _pct,
@@ -44,6 +43,7 @@ from sparkvision.evaluation.thumbnails import read_image_bytes
 from sparkvision.io.decode import decode_image, probe_image
 from sparkvision.io.errors import ImageError
 from sparkvision.preprocess.color import to_model_mode
+from sparkvision.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,13 @@ def plot_pr_curves(result: DetectionResult, limit: int = MAX_CURVE_CLASSES) -> s
         ax = axes[0]
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
-        ax.set_title(f"Precision-recall at IoU 0.5 (dots: score >= {threshold})", fontsize=10)
+        ax.set_title(f"Precision-recall at IoU 0.5 (dots: score ≥ {threshold})", fontsize=10)
         ax.legend(fontsize=8, loc="lower left")
     else:
-        fig.suptitle(f"Precision-recall at IoU 0.5 (dots: score >= {threshold})", fontsize=11)
+        fig.suptitle(f"Precision-recall at IoU 0.5 (dots: score ≥ {threshold})", fontsize=11)
         fig.supxlabel("recall")
         fig.supylabel("precision")
-    fig.tight_layout()
+    fig.tight_layout(rect=None if single else (0, 0, 1, 0.98))
     return _png(fig)
 
 
@@ -209,9 +209,9 @@ def _summary_html(r: DetectionResult) -> str:
         ("mAP@0.5 (COCO)", _fmt(r.map50)),
         ("mAP@0.75 (COCO)", _fmt(r.map75)),
         ("VOC AP@0.5", _fmt(r.voc_map50)),
-        (f"precision, score >= {threshold}", _pct(at.precision if at and (at.tp + at.fp) else None)),
-        (f"recall, score >= {threshold}", _pct(at.recall if at else None)),
-        ("best F1" + (f" (score >= {best.score:.3f})" if best and best.score is not None else ""),
+        (f"precision, score ≥ {threshold}", _pct(at.precision if at and (at.tp + at.fp) else None)),
+        (f"recall, score ≥ {threshold}", _pct(at.recall if at else None)),
+        ("best F1" + (f" (score ≥ {best.score:.3f})" if best and best.score is not None else ""),
          _fmt(best.f1 if best else None)),
         ("images judged", _fmt(r.evaluated_images)),
         ("true boxes", _fmt(r.truths)),
@@ -325,6 +325,11 @@ def render_html(report: DetectionReport) -> str:
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     threshold = r.settings.get("score_threshold")
+    curves_note = ("Each point adds the boxes of one score, highest first: true positives at IoU 0.5 (COCO matching) "
+                   "over all boxes so far, and over all true boxes of the class.")
+    if len(r.pr_curves) > MAX_CURVE_CLASSES:
+        curves_note += (f" Showing the {MAX_CURVE_CLASSES} classes with the most true boxes of {len(r.pr_curves)}; "
+                        "metrics.json holds every curve.")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -336,8 +341,7 @@ def render_html(report: DetectionReport) -> str:
         f"{' · ' if subtitle else ''}generated {generated} by sparkvision {__version__}</p></header><main>",
         _summary_html(r),
         _img_section("pr-curves", "Precision-recall curves", report.pr_png, "precision-recall curves per class",
-                     "Each point adds the boxes of one score, highest first: true positives at IoU 0.5 (COCO "
-                     "matching) over all boxes so far, and over all true boxes of the class."),
+                     curves_note),
         _per_class_html(r),
         _img_section("curves", "Training curves", report.curves_png, "training curves",
                      "From curves.csv: " + html.escape(", ".join(report.curves_columns))),
@@ -393,10 +397,10 @@ def write_report(
     """Write ``metrics.json`` and ``report.html`` into ``out_dir`` (a local directory); return the HTML path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / METRICS_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write(out / METRICS_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
     report = build_report(result, worst, model_dir, spark, images, settings, title)
     path = out / REPORT_FILE
-    _atomic_write(path, render_html(report))
+    atomic_write(path, render_html(report))
     log.info("wrote %s and %s", out / METRICS_FILE, path)
     return path
 
