@@ -41,7 +41,53 @@ def resolve_labels(spark, args: argparse.Namespace) -> tuple[list[str], str]:
     return [], ""
 
 
+def _evaluate_detect(args: argparse.Namespace) -> int:
+    """``--task detect``: boxes against true boxes (COCO mAP, VOC AP), report with PR curves and drawn boxes."""
+    from sparkvision.config import DetectionEvaluationSettings
+    from sparkvision.evaluation.detection import evaluate_detections, load_truth, worst_images
+    from sparkvision.evaluation.detection_report import write_report
+
+    if not args.truth:
+        raise ValueError("--task detect needs --truth SRC (a VOC directory, COCO JSON or ingested dataset)")
+    settings = DetectionEvaluationSettings()
+    settings = replace(
+        settings,
+        score_threshold=args.score_threshold if args.score_threshold is not None else settings.score_threshold,
+        max_detections=args.max_detections if args.max_detections is not None else settings.max_detections,
+        gallery_size=args.gallery if args.gallery is not None else settings.gallery_size,
+    )
+    spark = spark_from_args(args)
+    predictions = spark.read.parquet(args.predictions)
+    truth = load_truth(spark, args.truth)
+    with spark_progress(spark, "evaluate"):
+        result = evaluate_detections(predictions, truth, settings)
+    model_name = None
+    if args.model:
+        from sparkvision.models.model_dir import load_card
+
+        model_name = load_card(args.model).name
+    result.source = {
+        "predictions": args.predictions,
+        "truth": args.truth,
+        "model_dir": args.model,
+        "model": model_name,
+        "report_dir": args.out,
+    }
+    with spark_progress(spark, "report"):
+        worst = worst_images(predictions, truth, settings.gallery_size, settings)
+        html_path = write_report(args.out, result, worst, args.model, spark, args.images, settings,
+                                 args.title)
+    log.info("mAP@[.5:.95] %s, mAP@0.5 %s on %d images; report at %s", result.map, result.map50,
+             result.evaluated_images, html_path)
+    emit(result.to_dict())
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.task == "detect":
+        return _evaluate_detect(args)
+    if args.truth:
+        raise ValueError("--truth is for --task detect; classification predictions carry their true label")
     # Imported here: matplotlib should not slow down every other command's start.
     from sparkvision.evaluation.metrics import evaluate_predictions
     from sparkvision.evaluation.report import write_report
@@ -114,6 +160,16 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     evaluate.add_argument("--images", default=None, metavar="SRC", help="image source (dataset, folder) to read thumbnails from "
                           "when the predictions' paths cannot be read directly")
     evaluate.add_argument("--title", default=None, help="report title")
+    evaluate.add_argument("--task", choices=("classify", "detect"), default="classify",
+                          help="classify (default): predictions with labels and probabilities; detect: boxes "
+                          "('sparkvision detect' output) judged against --truth with COCO mAP@[.5:.95], mAP@0.5 and "
+                          "VOC AP@0.5, precision-recall curves and the worst images with their boxes drawn")
+    evaluate.add_argument("--truth", default=None, metavar="SRC", help="--task detect: the true boxes (a Pascal "
+                          "VOC directory, a COCO instances JSON, or a dataset ingested from one)")
+    evaluate.add_argument("--score-threshold", type=float, default=None, metavar="S", help="--task detect: the "
+                          "operating point for precision/recall and the boxes drawn (default 0.5)")
+    evaluate.add_argument("--max-detections", type=int, default=None, metavar="N", help="--task detect: boxes "
+                          "kept per image and class, highest scores first (default 100, as COCO)")
     evaluate.set_defaults(handler=_evaluate)
 
     compare = subparsers.add_parser(

@@ -169,6 +169,28 @@ class EvaluationSettings(Validated):
 
 
 @dataclass(frozen=True)
+class DetectionEvaluationSettings(Validated):
+    """How ``evaluate --task detect`` matches boxes and what its report shows."""
+
+    #: The operating point: precision, recall and F1 "at threshold", each image's F1 that
+    #: orders the gallery, and the predicted boxes drawn there use boxes with score >= this.
+    score_threshold: float = 0.5
+    #: At most this many boxes per image and class, the highest scored first (pycocotools'
+    #: ``maxDets=100``); None keeps every box.
+    max_detections: int | None = 100
+    #: Scores are rounded to this step before counting, so the counts that reach the driver
+    #: stay bounded (at most 1/step + 1 score values per class); boxes whose scores round
+    #: to the same value count as a tie.
+    score_resolution: float = 1e-6
+    #: Points kept of each class's precision-recall curve (metrics.json and the plot).
+    curve_points: int = 200
+    #: Images in the gallery, worst first.
+    gallery_size: int = 24
+    #: Longest side of a gallery image with its boxes drawn, in pixels.
+    thumbnail_px: int = 480
+
+
+@dataclass(frozen=True)
 class ClusterSettings(Validated):
     """A Spark standalone cluster on loopback (``sparkvision.testing.cluster``): tests, benchmarks, trying a cluster."""
 
