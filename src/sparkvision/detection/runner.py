@@ -55,33 +55,15 @@ class DetectorRunner(OnnxImageRunner):
 
     def detect(self, images: Images) -> RowOutputs[list[Detections]]:
         """Detections for encoded images; a row that does not decode or run gets an error instead."""
-        errors: list[str | None] = [None] * len(images)
-        index: list[int] = []
-        values: list[Detections] = []
-        names = [self.output_name(r) for r in OUTPUTS]
-        for start in range(0, len(images), self.batch_size):
-            batch = self.preprocess(images[start:start + self.batch_size])
-            for i, error in enumerate(batch.errors):
-                if error is not None:
-                    errors[start + i] = error
-            if not len(batch.index):
-                continue
-            (boxes, scores), failed = self._run_rows(batch.tensor, names)
-            for k, position in enumerate(batch.index):
-                target = start + int(position)
-                if k in failed:
-                    errors[target] = ImageError(ErrorKind.MODEL, failed[k]).message
-                    continue
-                if not (np.isfinite(boxes[k]).all() and np.isfinite(scores[k]).all()):
-                    errors[target] = ImageError(ErrorKind.MODEL, "the model produced non-finite outputs").message
-                    continue
-                try:
-                    values.extend(self._decode(boxes[k:k + 1], scores[k:k + 1], batch.sizes[k:k + 1]))
-                except ImageError as exc:
-                    errors[target] = exc.message
-                    continue
-                index.append(target)
-        return RowOutputs(values, np.asarray(index, dtype=np.int64), errors)
+        rows = self.run_images(images, list(OUTPUTS))
+        if not len(rows.index):
+            return rows.with_values([])
+        boxes, scores = rows.values
+        try:
+            return rows.with_values(self._decode(boxes, scores, rows.sizes))
+        except ImageError as exc:  # the graph disagrees with the card: every row says so
+            errors = [exc.message if e is None else e for e in rows.errors]
+            return RowOutputs([], np.empty(0, dtype=np.int64), errors, np.empty((0, 2), dtype=np.int64))
 
     def detect_records(self, images: Images) -> tuple[list[list[dict] | None], list[str | None]]:
         """Per input: the ``boxes`` column's records (label, score, xmin, ymin, xmax, ymax) or None, and the error."""

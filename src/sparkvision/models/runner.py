@@ -187,6 +187,9 @@ class RowOutputs(Generic[T]):
     index: np.ndarray
     #: One per input: None where the row ran, else ``"<kind>: <detail>"``.
     errors: list[str | None]
+    #: int64 (n, 2): the displayed (width, height) of each row that ran, before resizing
+    #: (what maps model-input coordinates back to the image); None where not tracked.
+    sizes: np.ndarray | None = None
 
     def per_input(self, values: Sequence[Any] | None = None) -> list[Any]:
         """``values`` (one per row that ran; default ``self.values``) spread over all inputs, None elsewhere."""
@@ -204,7 +207,8 @@ class RowOutputs(Generic[T]):
         errors = list(self.errors)
         for position in self.index[~ok]:
             errors[int(position)] = error
-        return RowOutputs(self.values[ok], self.index[ok], errors)  # type: ignore[index]
+        sizes = self.sizes[ok] if self.sizes is not None else None
+        return RowOutputs(self.values[ok], self.index[ok], errors, sizes)  # type: ignore[index]
 
 
 # ---------------------------------------------------------------- the runners
@@ -322,6 +326,7 @@ class OnnxImageRunner:
         names = [self.output_name(r) for r in roles]
         errors: list[str | None] = [None] * len(images)
         index: list[np.ndarray] = []
+        sizes: list[np.ndarray] = []
         values: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, len(images), self.batch_size):
             batch = self.preprocess(images[start:start + self.batch_size])
@@ -342,11 +347,13 @@ class OnnxImageRunner:
             ok &= finite
             if ok.any():
                 index.append(start + batch.index[ok])
+                sizes.append(batch.sizes[ok])
                 for part, out in zip(values, outputs, strict=True):
                     part.append(out[ok])
         positions = np.concatenate(index) if index else np.empty(0, dtype=np.int64)
         stacked = [np.concatenate(part) if part else np.empty((0,), np.float32) for part in values]
-        return RowOutputs(stacked, positions.astype(np.int64), errors)
+        shown = np.concatenate(sizes) if sizes else np.empty((0, 2), dtype=np.int64)
+        return RowOutputs(stacked, positions.astype(np.int64), errors, shown)
 
     def _run_rows(self, tensor: np.ndarray, names: list[str]) -> tuple[list[np.ndarray], dict[int, str]]:
         """One call for the batch; if it fails, each image alone. Failed rows' values are zeros."""
