@@ -67,7 +67,6 @@ def _spark(spark, folder: Path, model_dir: Path, rows: int, repeat: int) -> tupl
 
 def _accuracy(spark, bccd: Path, model_dir: Path, work: Path) -> dict:
     from sparkvision.evaluation.detection import evaluate_detections
-
     from sparkvision.inference.predict import predict
     from sparkvision.io import load_images
 
@@ -78,6 +77,14 @@ def _accuracy(spark, bccd: Path, model_dir: Path, work: Path) -> dict:
     predict(spark, model_dir, truth, str(out), overwrite=True, detection=DecodeSettings(score_threshold=0.05))
     result = evaluate_detections(spark.read.parquet(str(out)), truth)
     return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+def _median_epoch_seconds(model_dir: Path) -> float:
+    import csv
+    import statistics
+
+    with open(model_dir / "curves.csv", newline="") as handle:
+        return statistics.median(float(r["epoch_seconds"]) for r in csv.DictReader(handle))
 
 
 def run(quick: bool) -> Result:
@@ -126,9 +133,9 @@ def run(quick: bool) -> Result:
               + [["**mean**", sum(c["positives"] for c in per_class), accuracy.get("map"), accuracy.get("map50"),
                   accuracy.get("voc_map50")]]),
         "",
-        f"Training (from the model card): {metrics.get('epochs_run')} epochs, best val mAP@0.5 "
-        f"{metrics.get('val_map50')} at epoch {metrics.get('best_epoch')}, "
-        f"{metrics.get('train_samples_per_s')} training images/s.",
+        f"Training (the model directory's card and curves.csv): {metrics.get('epochs_run')} epochs, "
+        f"exported epoch {metrics.get('exported_epoch')}, median {_median_epoch_seconds(model_dir):.0f} s per epoch "
+        f"on this machine.",
     ]
     return Result("\n".join(lines), {"ceiling_img_s": ceiling, "spark_warm_img_s": warm_rate,
                                      "spark_first_s": first, "ratio": warm_rate / ceiling, "accuracy": accuracy,
