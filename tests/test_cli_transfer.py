@@ -7,8 +7,8 @@ import json
 import pyarrow.parquet as pq
 from transfer_cases import IMAGENET_NAMES, bad_files, photo_folder, run_cli
 
-from sparkvision.cli.transfer import find_demo_data
 from sparkvision.inference.predict import PREDICTIONS_MARKER
+from sparkvision.io.builtin import find_demo_data
 from sparkvision.io.dataset import MARKER as DATASET_MARKER
 from sparkvision.models.model_dir import load_card
 
