@@ -32,7 +32,7 @@ log = logging.getLogger("benchmarks.featurize")
 
 
 def _data_root() -> Path:
-    from sparkvision.cli.transfer import find_demo_data
+    from sparkvision.io.builtin import find_demo_data
 
     return find_demo_data()
 

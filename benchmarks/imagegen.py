@@ -24,7 +24,7 @@ MARKER = "_imagegen.json"
 
 
 def source_photos() -> list[Path]:
-    from sparkvision.cli.transfer import find_demo_data
+    from sparkvision.io.builtin import find_demo_data
 
     root = find_demo_data()
     return sorted(root.glob("train/*/*")) + sorted(root.glob("val/*/*"))

@@ -31,3 +31,35 @@ def imagenette() -> Path:
     if not IMAGENETTE.is_dir():
         pytest.fail(f"real photos expected at {IMAGENETTE} (see ../shared/data/README.md)")
     return IMAGENETTE
+
+
+def run_main(*args: object) -> tuple[int, str]:
+    """``sparkvision ARGS --json`` in this process, on the session's Spark (no second JVM): (exit code, stdout)."""
+    import contextlib
+    import io
+
+    from sparkvision.cli.main import main
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main([*map(str, args), "--json"])
+    return code, stdout.getvalue()
+
+
+@pytest.fixture
+def cli(spark):
+    """The command in this process: ``cli("predict", ...)`` gives (exit code, stdout); its logs reach caplog."""
+    return run_main
+
+
+@pytest.fixture(scope="session")
+def fitted_imagenette(spark, imagenette, tmp_path_factory) -> dict:
+    """``sparkvision fit`` on 10 train photos per class of imagenette-mini (8 to fit, 2 held out): the small
+    real transfer-learning model (kind spark_pipeline, with model.onnx) that the evaluation, export, optimize
+    and serving tests share. Tests must not change it: copy it first (``shutil.copytree``)."""
+    import json
+
+    model_dir = tmp_path_factory.mktemp("fitted") / "imagenette"
+    code, out = run_main("fit", "--train", imagenette / "train", "--per-class", 10, "--out", model_dir)
+    assert code == 0
+    return {"model_dir": model_dir, **json.loads(out)}

@@ -102,20 +102,6 @@ def link_photos(root: Path, split: str, per_class: int) -> Path:
     return root / split
 
 
-@functools.cache
-def fit_model_dir(spark) -> Path:
-    """A model directory saved by ``fit_transfer`` (what ``sparkvision fit`` writes): kind
-    spark_pipeline, efficientnet_lite0 features + logistic regression on 10 photos per class."""
-    from sparkvision.config import TransferSettings
-    from sparkvision.io import load_images
-    from sparkvision.ml.classifier import fit_transfer
-
-    root = _workdir()
-    train = load_images(spark, str(link_photos(root, "train", 10)), probe="header")
-    model = fit_transfer(train, settings=TransferSettings(logreg_max_iter=30))
-    return model.save(str(root / "fit"))
-
-
 def as_older_fit(model_dir: Path, dst: Path) -> Path:
     """A copy of a fit model directory as ``sparkvision fit`` wrote it before it exported ONNX."""
     import shutil

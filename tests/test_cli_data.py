@@ -45,7 +45,7 @@ def test_help_reads_like_the_readme():
 
 
 @pytest.mark.slow
-def test_ingest_then_info_then_refuse_then_overwrite(messy, tmp_path):
+def test_ingest_then_info_then_refuse_then_overwrite(messy, tmp_path, cli):
     root, cases = messy
     out = tmp_path / "dataset"
     classes, kinds = _expected_counts(cases)
@@ -86,8 +86,8 @@ def test_ingest_then_info_then_refuse_then_overwrite(messy, tmp_path):
     assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
     assert json.loads((out / "_sparkvision.json").read_text())["rows"] == len(cases)
 
-    replaced = run("ingest", str(small.parent), "--out", str(out), "--overwrite", "-q")
-    assert replaced.returncode == 0, replaced.stderr[-3000:]
-    assert json.loads(replaced.stdout)["classes"] == {"cls": 3}
+    code, replaced = cli("ingest", small.parent, "--out", out, "--overwrite", "-q")  # in this process's Spark
+    assert code == 0
+    assert json.loads(replaced)["classes"] == {"cls": 3}
     assert json.loads((out / "_sparkvision.json").read_text())["rows"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "small"]  # nothing half-written left

@@ -1,4 +1,8 @@
-"""The real ``sparkvision fit``, ``predict`` and ``classify`` commands, each in its own process."""
+"""The real ``sparkvision fit``, ``predict``, ``evaluate`` and ``classify`` commands.
+
+``fit`` runs in its own process, as a user runs it; the commands after it run in this process
+(``cli``), on the test session's Spark: the same code path without starting another JVM each.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,15 @@ import json
 import pyarrow.parquet as pq
 from transfer_cases import IMAGENET_NAMES, bad_files, photo_folder, run_cli
 
-from sparkvision.cli.transfer import find_demo_data
 from sparkvision.inference.predict import PREDICTIONS_MARKER
+from sparkvision.io.builtin import find_demo_data
 from sparkvision.io.dataset import MARKER as DATASET_MARKER
 from sparkvision.models.model_dir import load_card
 
 CLASSES = ["church", "parachute", "tench"]
 
 
-def test_fit_then_predict_end_to_end(imagenette, tmp_path):
+def test_fit_then_predict_end_to_end(imagenette, tmp_path, cli, caplog):
     train = photo_folder(imagenette, "train", tmp_path / "train", CLASSES, per_class=10)
     model = tmp_path / "model"
     fitted = run_cli("fit", "--train", str(train), "--out", str(model), "--val-fraction", "0.2")
@@ -35,9 +39,9 @@ def test_fit_then_predict_end_to_end(imagenette, tmp_path):
     photos = photo_folder(imagenette, "val", tmp_path / "new", CLASSES, per_class=1)
     kinds = bad_files(photos, "tench")
     out = tmp_path / "predictions"
-    done = run_cli("predict", "--model", str(model), "--input", str(photos), "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
+    code, printed = cli("predict", "--model", model, "--input", photos, "--out", out)
+    assert code == 0, caplog.text[-3000:]
+    summary = json.loads(printed)
     assert summary["rows"] == 6 and summary["errors"] == 3 and summary["predicted"] == 3
     table = pq.read_table(out).to_pylist()
     assert len(table) == 6 and len({r["path"] for r in table}) == 6
@@ -46,22 +50,23 @@ def test_fit_then_predict_end_to_end(imagenette, tmp_path):
     # The probability order travels with the predictions: evaluate needs no --model for it.
     assert json.loads((out / PREDICTIONS_MARKER).read_text())["labels"] == CLASSES
     assert not (out / DATASET_MARKER).exists()  # a predictions directory is not taken for an image dataset
-    judged = run_cli("evaluate", "--predictions", str(out), "--out", str(tmp_path / "report"))
-    assert judged.returncode == 0, judged.stderr[-3000:]
-    metrics = json.loads(judged.stdout)
+    code, printed = cli("evaluate", "--predictions", out, "--out", tmp_path / "report")
+    assert code == 0, caplog.text[-3000:]
+    metrics = json.loads(printed)
     assert metrics["source"]["labels_from"].endswith(PREDICTIONS_MARKER) and metrics["error_rows"] == 3
     assert metrics["top_k"] and metrics["log_loss"] is not None
 
-    again = run_cli("predict", "--model", str(model), "--input", str(photos), "--out", str(out))
-    assert again.returncode == 1 and "already exists" in again.stderr
+    caplog.clear()
+    code, printed = cli("predict", "--model", model, "--input", photos, "--out", out)
+    assert code == 1 and printed == "" and "already exists" in caplog.text
     assert len(pq.read_table(out)) == 6
 
 
-def test_classify_prints_imagenet_top_k(imagenette, tmp_path):
+def test_classify_prints_imagenet_top_k(imagenette, tmp_path, cli, caplog):
     photos = photo_folder(imagenette, "val", tmp_path / "photos", ["golf_ball", "tench"], per_class=1)
-    done = run_cli("classify", "--input", str(photos), "--top-k", "3")
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(done.stdout)
+    code, printed = cli("classify", "--input", photos, "--top-k", "3")
+    assert code == 0, caplog.text[-3000:]
+    rows = json.loads(printed)
     assert len(rows) == 2
     for row in rows:
         folder = row["path"].split("/")[-2]

@@ -13,7 +13,6 @@ from deploy_helpers import (
     classes,
     feature_frame,
     features,
-    fit_model_dir,
     link_photos,
     tensors,
 )
@@ -35,11 +34,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_fit_saves_one_graph_predicting_like_spark_and_older_fit_models_are_exported_once(spark, tmp_path):
+def test_fit_saves_one_graph_predicting_like_spark_and_older_fit_models_are_exported_once(
+        spark, fitted_imagenette, tmp_path):
     from sparkvision.models.model_dir import load_card
     from sparkvision.models.runner import ClassifierRunner
 
-    model_dir = fit_model_dir(spark)
+    model_dir = fitted_imagenette["model_dir"]
     card = load_card(model_dir)
     assert card.onnx == "model.onnx" and card.kind == "spark_pipeline"
     assert card.provenance["onnx_export"]["classifier"] == "logistic_regression"

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from deploy_helpers import as_older_fit, fit_model_dir, imagenette_head_dir
+from deploy_helpers import as_older_fit, imagenette_head_dir
 from onnx import numpy_helper
 
 from sparkvision.config import MeasureSettings, PruneSettings, QuantizeSettings
@@ -60,11 +60,12 @@ def test_int8_quantization_is_measured_and_written(spark, imagenette, tmp_path):
     assert runner.top_k([photo.read_bytes()], 1).values[0][0]["label"] == "church"
 
 
-def test_accuracy_drop_refusal_and_force_through_the_cli_on_a_model_from_fit(spark, imagenette, tmp_path, capsys):
+def test_accuracy_drop_refusal_and_force_through_the_cli_on_a_model_from_fit(spark, imagenette, fitted_imagenette,
+                                                                              tmp_path, capsys):
     """A model directory saved by an older ``fit`` (no model.onnx) is exported on the way, no manual step."""
     from sparkvision.cli.main import main
 
-    model_dir = as_older_fit(fit_model_dir(spark), tmp_path / "fitted")
+    model_dir = as_older_fit(fitted_imagenette["model_dir"], tmp_path / "fitted")
     out = tmp_path / "pruned"
     args = ["optimize", "--model", str(model_dir), "--out", str(out), "--prune", "0.9",
             "--val", str(imagenette / "val"), "--val-images", "30", "--threads", "2", "--bench-images", "16"]

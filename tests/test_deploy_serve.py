@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from deploy_helpers import fit_model_dir, imagenet_model_dir, link_photos, live_server, photos
+from deploy_helpers import imagenet_model_dir, link_photos, live_server, photos
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -198,11 +198,12 @@ def test_model_health_and_metrics_endpoints(server):
     assert httpx.get(f"{server.url}/nope").status_code == 404
 
 
-def test_a_model_made_by_fit_is_served_as_it_is_and_answers_like_its_spark_pipeline(spark, tmp_path):
+def test_a_model_made_by_fit_is_served_as_it_is_and_answers_like_its_spark_pipeline(spark, fitted_imagenette,
+                                                                                      tmp_path):
     from sparkvision.inference.predict import load_model
     from sparkvision.io import load_images
 
-    model_dir = fit_model_dir(spark)
+    model_dir = fitted_imagenette["model_dir"]
     labels = load_card(model_dir).labels
     folder = link_photos(tmp_path, "val", 1)
     in_spark = {r["path"].rsplit("/", 1)[-1]: r

@@ -78,7 +78,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_detector, spark):
     assert [line.split(",")[0] for line in curves[1:]] == ["1", "2", "3"]
 
 
-def test_detect_cli_every_row_once_and_same_boxes_as_the_runner(tiny_detector, tmp_path):
+def test_detect_cli_every_row_once_and_same_boxes_as_the_runner(tiny_detector, tmp_path, cli, caplog):
     from sparkvision.detection.postprocess import DecodeSettings
     from sparkvision.detection.runner import DetectorRunner
 
@@ -90,12 +90,8 @@ def test_detect_cli_every_row_once_and_same_boxes_as_the_runner(tiny_detector, t
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (photos / "empty.png").write_bytes(b"")
     out = tmp_path / "detections"
-    done = subprocess.run(
-        [sys.executable, "-m", "sparkvision.cli.main", "detect", "--model", str(model), "--input", str(photos),
-         "--out", str(out), "--score-threshold", "0.01", "--master", "local[2]"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _ = cli("detect", "--model", model, "--input", photos, "--out", out, "--score-threshold", "0.01")
+    assert code == 0, caplog.text[-3000:]
     table = pq.read_table(out).to_pylist()
     assert len(table) == 7 and len({r["path"] for r in table}) == 7
     errors = {Path(r["path"]).name: r["error"] for r in table if r["error"]}

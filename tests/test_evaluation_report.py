@@ -1,7 +1,7 @@
 """The report for a real imagenette-mini model, opened in headless Chromium; ``compare``; thumbnails.
 
 The model and predictions come from the real commands: ``sparkvision fit`` (EfficientNet-Lite0
-features + MLlib logistic regression) on a few train images per class, then
+features + MLlib logistic regression) on a few train images per class (``fitted_imagenette``, shared), then
 ``sparkvision predict`` on part of the val split, to which a file that is not an image
 (an error row) and a photo outside any class folder (no true label) are added. Few
 train images keep it quick and leave enough mistakes for the gallery.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-TRAIN_PER_CLASS = 8
 VAL_PER_CLASS = 16
 
 
@@ -54,12 +54,10 @@ def _val_subset(imagenette: Path, root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def imagenette_model(spark, imagenette, tmp_path_factory):
+def imagenette_model(spark, imagenette, fitted_imagenette, tmp_path_factory):
     """(predictions Parquet, model dir with curves.csv) of a real transfer-learned classifier."""
     work = tmp_path_factory.mktemp("imagenette-eval")
-    model_dir = work / "model"
-    fitted = _run_cli(["fit", "--train", str(imagenette / "train"), "--per-class", str(TRAIN_PER_CLASS),
-                       "--out", str(model_dir)])
+    model_dir = shutil.copytree(fitted_imagenette["model_dir"], work / "model")  # the shared model stays as fit left it
     val = _val_subset(imagenette, work / "val")
     predictions = str(work / "predictions")
     _run_cli(["predict", "--model", str(model_dir), "--input", str(val), "--out", predictions])
@@ -71,7 +69,7 @@ def imagenette_model(spark, imagenette, tmp_path_factory):
         for column in CURVE_COLUMNS
     }).to_csv(model_dir / "curves.csv", index=False)
     return {"predictions": predictions, "model_dir": str(model_dir), "work": work, "rows": rows,
-            "labels": fitted["labels"]}
+            "labels": fitted_imagenette["labels"]}
 
 
 @pytest.fixture(scope="module")

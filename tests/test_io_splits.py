@@ -95,3 +95,17 @@ def test_k_folds_are_disjoint_covering_and_balanced_per_class(frame):
     for label, n in CLASS_SIZES.items():
         sizes = [per_class[(label, k)] for k in range(5)]
         assert sum(sizes) == n and max(sizes) - min(sizes) <= 1, (label, sizes)
+
+
+def test_sample_per_class_keeps_at_most_n_of_each_class_chosen_by_the_seed(frame):
+    from sparkvision.io.splits import sample_per_class
+
+    picked = sample_per_class(frame, 5, seed=3).collect()
+    assert Counter(r.label for r in picked) == {"cat": 5, "dog": 5, "eel": 5, "fox": 1, None: 5}
+    assert set(picked[0].asDict()) == {"path", "label", "extra"}
+    again = {r.path for r in sample_per_class(frame, 5, seed=3).collect()}
+    assert again == {r.path for r in picked}  # the same rows for the same seed
+    other = {r.path for r in sample_per_class(frame, 5, seed=4).collect() if r.label == "cat"}
+    assert other != {r.path for r in picked if r.label == "cat"}
+    with pytest.raises(ValueError, match="at least 1"):
+        sample_per_class(frame, 0)

@@ -6,9 +6,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from pyspark.sql import SparkSession
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # local bars (optimize, export, serving tools) need no Spark
+    from pyspark.sql import SparkSession
 
 
 def progress_enabled() -> bool:
@@ -61,5 +64,5 @@ def spark_progress(spark: SparkSession, desc: str, poll_seconds: float = 0.5) ->
 
 
 def local_progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
-    """A tqdm bar for driver-side loops, silent when nobody watches."""
+    """A tqdm bar for driver-side loops, silent when nobody watches (``iterable`` None: call ``update``)."""
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not progress_enabled(), leave=False)

@@ -1,4 +1,4 @@
-"""What every subcommand shares: Spark options, logging, and writing results to stdout."""
+"""What every subcommand shares: Spark options, logging, exit codes, and writing results to stdout."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -36,9 +38,13 @@ def spark_options() -> argparse.ArgumentParser:
 
 
 def logging_options() -> argparse.ArgumentParser:
+    """Options of every command: how much goes to stderr, and the shape of stdout."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parent.add_argument("-v", "--verbose", action="store_true", help="log debug detail; tracebacks of errors")
     parent.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parent.add_argument("--json", action="store_true",
+                        help="print the full result as JSON even on a terminal (always so when stdout is "
+                        "a pipe or a file)")
     return parent
 
 
@@ -67,7 +73,97 @@ def spark_from_args(args: argparse.Namespace) -> SparkSession:
     return get_spark(settings_from_args(args))
 
 
-def emit(result: Any) -> None:
-    """A command's result: JSON on stdout (logs and progress go to stderr)."""
-    sys.stdout.write(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
+class ExitCode(IntEnum):
+    """What ``sparkvision``'s exit status means (the table in the README and ``--help``)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    REFUSED = 3
+    INPUT = 4
+    INTERRUPTED = 130
+
+
+EXIT_CODE_MEANINGS = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "the command failed: a Spark job or training failed, an output exists (without "
+    "--overwrite) or cannot be written, or the input holds values the command cannot use",
+    ExitCode.USAGE: "usage error: an unknown, missing or conflicting option",
+    ExitCode.REFUSED: "optimize refused the result: accuracy dropped more than --max-accuracy-drop "
+    "(nothing written unless --force)",
+    ExitCode.INPUT: "an input is missing or unreadable: a source, dataset, predictions or model directory "
+    "that does not exist, or a model card that is not valid",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+class UsageError(ValueError):
+    """Options that parse one by one but not together (exit code 2, like argparse's own errors)."""
+
+
+@dataclass
+class Summary:
+    """What a person at a terminal reads instead of the JSON: a headline, a few facts, what to run next."""
+
+    headline: str
+    facts: list[tuple[str, Any]] = field(default_factory=list)
+    next: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        width = max((len(name) for name, _ in self.facts), default=0)
+        lines = [self.headline]
+        lines += [f"  {name.ljust(width)}  {fmt(value)}" for name, value in self.facts if value is not None]
+        if self.next:
+            lines += ["next:", *(f"  {command}" for command in self.next)]
+        lines.append("(--json prints the full result)")
+        return "\n".join(lines) + "\n"
+
+
+def fmt(value: Any) -> str:
+    """A number or short structure the way a summary shows it."""
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "-"}[value]
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt(v) for v in value) or "-"
+    return str(value)
+
+
+#: Set once per command by :func:`configure_output`: JSON on stdout, or a summary.
+_json_output = True
+
+
+def configure_output(args: argparse.Namespace) -> None:
+    """JSON for scripts (``--json``, or stdout is not a terminal), a summary for people."""
+    global _json_output
+    _json_output = bool(getattr(args, "json", False)) or not sys.stdout.isatty()
+
+
+def emit(result: Any, summary: Callable[[Any], Summary] | None = None) -> None:
+    """A command's result on stdout (logs and progress go to stderr).
+
+    JSON, exactly as scripts read it, unless stdout is a terminal and the command gave a
+    ``summary``: then the few lines a person needs (key numbers, outputs, next command).
+    """
+    if _json_output or summary is None:
+        text = json.dumps(result, indent=2, sort_keys=False, default=str) + "\n"
+    else:
+        text = summary(result).render()
+    sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def predictions_summary(r: dict[str, Any]) -> Summary:
+    """``predict`` and ``detect``: where the predictions went, what they hold, how to judge them."""
+    boxes = f"{r['boxes']:,}: {fmt(r.get('boxes_per_class'))}" if r.get("boxes") is not None else None
+    return Summary(
+        f"predicted {r['rows']:,} rows into {r['out']}: {r['predicted']:,} predicted, {r['errors']:,} with errors",
+        [("model", f"{r['model']} ({r['kind']})"), ("predicted classes", r["predicted_classes"] or None),
+         ("boxes", boxes), ("errors", r["error_kinds"] or None)],
+        [f"sparkvision evaluate --predictions {r['out']} --out REPORT_DIR"] if boxes is None else [],
+    )

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.cli.common import Summary, emit, spark_from_args
 from sparkvision.config import DecodeSettings, IngestSettings
 from sparkvision.io import compute_stats, load_images, read_dataset, write_dataset
 from sparkvision.progress import spark_progress
@@ -83,8 +83,21 @@ def _ingest(args: argparse.Namespace) -> int:
                  "class_order": manifest.classes} if manifest.task == "detect" else {}
     emit({"out": args.out, "rows": stats.rows, "ok": stats.ok, "errors": stats.errors,
           "classes": stats.classes, "error_kinds": stats.error_kinds, "error_examples": stats.error_examples,
-          **detection})
+          **detection}, _ingest_summary)
     return 0
+
+
+def _ingest_summary(r: dict) -> Summary:
+    return Summary(
+        f"ingested {r['rows']:,} files into {r['out']}: {r['ok']:,} usable, {r['errors']:,} with errors",
+        [("classes", f"{len(r['classes'])}: {_counts(r['classes'])}"), ("errors", r["error_kinds"] or None)],
+        [f"sparkvision info {r['out']}", f"sparkvision fit --train {r['out']} --out MODEL_DIR"],
+    )
+
+
+def _counts(counts: dict, most: int = 8) -> str:
+    shown = ", ".join(f"{k} {v:,}" for k, v in list(counts.items())[:most])
+    return shown + (f", ... ({len(counts) - most} more)" if len(counts) > most else "")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -92,8 +105,17 @@ def _info(args: argparse.Namespace) -> int:
     frame = read_source(spark, args, args.src, probe="full")
     with spark_progress(spark, "info"):
         stats = compute_stats(frame)
-    emit({"source": args.src, **stats.to_dict(), "num_classes": len(stats.classes)})
+    emit({"source": args.src, **stats.to_dict(), "num_classes": len(stats.classes)}, _info_summary)
     return 0
+
+
+def _info_summary(r: dict) -> Summary:
+    return Summary(
+        f"{r['source']}: {r['rows']:,} files, {r['ok']:,} usable, {r['errors']:,} with errors",
+        [("classes", f"{r['num_classes']}: {_counts(r['classes'])}"), ("errors", r.get("error_kinds") or None),
+         ("modes", r.get("modes")), ("formats", r.get("formats")), ("sizes", r.get("sizes"))],
+        [f"sparkvision fit --train {r['source']} --out MODEL_DIR"],
+    )
 
 
 def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse.ArgumentParser]) -> None:

@@ -6,13 +6,12 @@ import argparse
 import logging
 from dataclasses import replace
 
-from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.cli.common import ExitCode, Summary, UsageError, emit, spark_from_args
 from sparkvision.config import MeasureSettings, PruneSettings, QuantizeSettings, ServeSettings
 from sparkvision.config.training import FINE_TUNE_PRUNED
+from sparkvision.progress import spark_progress
 
 log = logging.getLogger(__name__)
-
-EXIT_REFUSED = 3
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -36,10 +35,25 @@ def _optimize(args: argparse.Namespace) -> int:
         report = optimize_model(spark, args.model, args.out, request)
     except AccuracyDropError as exc:
         log.error("%s", exc)
-        emit({"written": False, **exc.report.to_dict()})
-        return EXIT_REFUSED
-    emit({"written": True, "out": args.out, **report.to_dict()})
+        emit({"written": False, **exc.report.to_dict()}, _optimize_summary)
+        return ExitCode.REFUSED
+    emit({"written": True, "out": args.out, **report.to_dict()}, _optimize_summary)
     return 0
+
+
+def _optimize_summary(r: dict) -> Summary:
+    base, opt = r["baseline"], r["optimized"]
+    accuracy = (f"{base['accuracy']:.4f} -> {opt['accuracy']:.4f} ({-r['accuracy_drop_points']:+.2f} points, "
+                f"at most -{r['max_accuracy_drop']:.2f} allowed)" if r["accuracy_drop_points"] is not None else None)
+    if r["written"]:
+        headline = f"optimised model written to {r['out']}" + (" (forced past the accuracy check)" * r["forced"])
+    else:
+        headline = "refused: the optimised model lost too much accuracy; nothing written (--force writes it)"
+    return Summary(headline, [
+        ("accuracy", accuracy), ("top-1 agreement", f"{r['top1_agreement']:.4f} on {r['eval_images']:,} images"),
+        ("images/s", f"{base['images_per_second']:.1f} -> {opt['images_per_second']:.1f} ({r['speedup']:.2f}x)"),
+        ("size", f"{base['size_mb']:.2f} -> {opt['size_mb']:.2f} MB"),
+    ], [f"sparkvision serve --model {r['out']}"] if r["written"] else [])
 
 
 def _fine_tune(args: argparse.Namespace):
@@ -48,7 +62,7 @@ def _fine_tune(args: argparse.Namespace):
         given = [f for f in ("fine_tune_val", "fine_tune_epochs", "fine_tune_lr", "fine_tune_batch_size",
                              "fine_tune_workers", "fine_tune_val_fraction") if getattr(args, f) is not None]
         if given:
-            raise ValueError(f"--{given[0].replace('_', '-')} needs --fine-tune-train SRC")
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --fine-tune-train SRC")
         return None
     from sparkvision.config.training import FINE_TUNE_PRUNED, TrainConfig, apply_overrides
     from sparkvision.deploy.prune import FineTuneRequest
@@ -72,19 +86,32 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.registered:
         if not args.out:
-            raise ValueError("--registered needs --out MODEL_DIR")
+            raise UsageError("--registered needs --out MODEL_DIR")
         out = export_registered(args.registered, args.out, overwrite=args.overwrite)
-        emit({"out": str(out), "model": args.registered})
+        emit({"out": str(out), "model": args.registered},
+             lambda r: Summary(f"model directory of registered {r['model']} written to {r['out']}",
+                               next=[f"sparkvision serve --model {r['out']}"]))
         return 0
     if not args.model_dir:
-        raise ValueError("give a spark_pipeline MODEL_DIR, or --registered NAME --out MODEL_DIR")
+        raise UsageError("give a spark_pipeline MODEL_DIR, or --registered NAME --out MODEL_DIR")
     spark = spark_from_args(args)
-    path = export_pipeline(spark, args.model_dir)
+    with spark_progress(spark, "export"):
+        path = export_pipeline(spark, args.model_dir)
     result = {"model_dir": args.model_dir, "onnx": str(path)}
     if args.verify:
-        result["verify"] = verify_export(spark, args.model_dir, args.verify, args.verify_images)
-    emit(result)
+        with spark_progress(spark, "verify"):
+            result["verify"] = verify_export(spark, args.model_dir, args.verify, args.verify_images)
+    emit(result, _export_summary)
     return 0
+
+
+def _export_summary(r: dict) -> Summary:
+    verify = r.get("verify")
+    return Summary(f"exported {r['model_dir']} to {r['onnx']}", [
+        ("verified on", f"{verify['images']:,} images" if verify else None),
+        ("agreement with Spark", verify["prediction_agreement"] if verify else None),
+        ("largest probability difference", verify["max_probability_difference"] if verify else None),
+    ], [f"sparkvision serve --model {r['model_dir']}"])
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.cli.common import emit, predictions_summary, spark_from_args
 from sparkvision.cli.data import add_source_options, read_source
 from sparkvision.detection.postprocess import DecodeSettings
 
@@ -39,7 +39,7 @@ def _detect(args: argparse.Namespace) -> int:
     frame = read_source(spark, args, args.input, probe="header")
     summary = predict(spark, args.model, frame, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
                       detection=settings)
-    emit(summary.to_dict())
+    emit(summary.to_dict(), predictions_summary)
     return 0
 
 

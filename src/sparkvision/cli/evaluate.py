@@ -3,42 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.cli.common import Summary, emit, fmt, spark_from_args
 from sparkvision.config import EvaluationSettings
-from sparkvision.inference.predict import PREDICTIONS_MARKER
+from sparkvision.inference.predict import probability_labels
 from sparkvision.progress import spark_progress
 
 log = logging.getLogger(__name__)
 
 
-def resolve_labels(spark, args: argparse.Namespace) -> tuple[list[str], str]:
-    """The probability order: --labels, else the model card, else the predictions' marker file."""
-    if args.labels:
-        path = Path(args.labels)
-        if path.is_file():
-            return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()], str(path)
-        return [name.strip() for name in args.labels.split(",") if name.strip()], "--labels"
-    if args.model:
-        from sparkvision.models.model_dir import load_card
-
-        return list(load_card(args.model).labels), f"{args.model}/sparkvision_model.json"
-    from sparkvision import storage
-
-    marker = args.predictions.rstrip("/") + "/" + PREDICTIONS_MARKER
-    try:
-        if storage.exists(marker, spark):
-            labels = json.loads(storage.read_text(marker, spark)).get("labels")
-            if labels:
-                return list(labels), marker
-    except Exception as exc:  # noqa: BLE001 - an unreadable marker only costs the probability metrics
-        log.debug("cannot read %s: %s", marker, exc)
-    log.warning("no label order known (give --model or --labels): top-k, log loss and calibration are skipped")
-    return [], ""
+def _labels_arg(text: str | None) -> tuple[list[str], str]:
+    """--labels: a file with one label per line, or a comma-separated list."""
+    if not text:
+        return [], ""
+    path = Path(text)
+    if path.is_file():
+        return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()], str(path)
+    return [name.strip() for name in text.split(",") if name.strip()], "--labels"
 
 
 def _evaluate_detect(args: argparse.Namespace) -> int:
@@ -91,6 +76,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # Imported here: matplotlib should not slow down every other command's start.
     from sparkvision.evaluation.metrics import evaluate_predictions
     from sparkvision.evaluation.report import write_report
+    from sparkvision.models.model_dir import load_card
 
     settings = EvaluationSettings()
     settings = replace(
@@ -99,20 +85,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         calibration_bins=args.bins if args.bins is not None else settings.calibration_bins,
         gallery_size=args.gallery if args.gallery is not None else settings.gallery_size,
     )
+    card = load_card(args.model) if args.model else None  # a wrong --model fails here, before Spark starts
     spark = spark_from_args(args)
     predictions = spark.read.parquet(args.predictions)
-    labels, labels_from = resolve_labels(spark, args)
+    labels, labels_from = _labels_arg(args.labels)
+    if not labels:
+        labels, labels_from = probability_labels(spark, args.predictions, args.model)
     with spark_progress(spark, "evaluate"):
         result = evaluate_predictions(predictions, labels, settings=settings)
-    model_name = None
-    if args.model:
-        from sparkvision.models.model_dir import load_card
-
-        model_name = load_card(args.model).name
     result.source = {
         "predictions": args.predictions,
         "model_dir": args.model,
-        "model": model_name,
+        "model": card.name if card else None,
         "labels_from": labels_from,
         "top_k": settings.top_k,
         "calibration_bins": settings.calibration_bins,
@@ -121,8 +105,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     with spark_progress(spark, "report"):
         html_path = write_report(args.out, result, predictions, args.model, spark, args.images, settings, args.title)
     log.info("accuracy %s on %d rows; report at %s", result.accuracy, result.evaluated_rows, html_path)
-    emit(result.to_dict())
+    emit(result.to_dict(), _evaluate_summary)
     return 0
+
+
+def _evaluate_summary(r: dict[str, Any]) -> Summary:
+    report = Path(r["source"]["report_dir"])
+    macro = r.get("macro") or {}
+    per_class = [c for c in r.get("per_class", []) if c.get("f1") is not None]
+    weakest = min(per_class, key=lambda c: c["f1"], default=None)
+    k = r["source"]["top_k"]
+    return Summary(
+        f"evaluated {r['evaluated_rows']:,} of {r['rows']:,} predictions: report in {report / 'report.html'}",
+        [("accuracy", r.get("accuracy")), ("balanced accuracy", r.get("balanced_accuracy")),
+         ("macro F1", macro.get("f1")), (f"top-{k} accuracy", r["top_k"].get(str(k))),
+         ("log loss", r.get("log_loss")), ("calibration error (ECE)", r.get("ece")),
+         ("rows left out", f"{fmt(r['error_rows'])} with errors, {fmt(r['unlabeled_rows'])} without a label"),
+         ("weakest class", f"{weakest['label']} (F1 {fmt(weakest['f1'])})" if weakest else None),
+         ("metrics", str(report / "metrics.json"))],
+        [f"sparkvision compare {report} OTHER_REPORT_DIR"],
+    )
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -132,8 +134,16 @@ def _compare(args: argparse.Namespace) -> int:
     if args.out:
         path = write_compare(args.out, comparison)
         log.info("wrote %s", path)
-    emit(comparison)
+    emit(comparison, _compare_summary)
     return 0
+
+
+def _compare_summary(c: dict[str, Any]) -> Summary:
+    shown = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "log_loss", "ece", "evaluated_rows")
+    facts = [("", "   ".join(c["models"]))]
+    facts += [(key, "   ".join(fmt(v) for v in c["metrics"][key])
+               + (f"   (best: {c['best'][key]})" if key in c["best"] else "")) for key in shown if key in c["metrics"]]
+    return Summary(f"{len(c['models'])} reports side by side", facts)
 
 
 def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse.ArgumentParser]) -> None:

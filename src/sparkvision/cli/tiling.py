@@ -6,7 +6,7 @@ import argparse
 import logging
 from dataclasses import asdict
 
-from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.cli.common import Summary, UsageError, emit, spark_from_args
 from sparkvision.config import HeatmapSettings, TilingSettings
 from sparkvision.progress import spark_progress
 
@@ -78,8 +78,18 @@ def _tile(args: argparse.Namespace) -> int:
     log.info("%d sources -> %d tiles (%d kept, %d background, %d tile errors, %d source errors) in %s",
              manifest.sources, manifest.tiles, manifest.kept, manifest.background, manifest.tile_errors,
              manifest.source_errors, args.out)
-    emit({"out": args.out, **{k: v for k, v in manifest.to_dict().items() if k != "settings"}})
+    emit({"out": args.out, **{k: v for k, v in manifest.to_dict().items() if k != "settings"}}, _tile_summary)
     return 0
+
+
+def _tile_summary(r: dict) -> Summary:
+    return Summary(
+        f"{r['sources']:,} sources cut into {r['tiles']:,} tiles in {r['out']}",
+        [("kept", r["kept"]), ("background", r["background"]), ("tile errors", r["tile_errors"]),
+         ("source errors", r["source_errors"]), ("per level", {k: v.get("tiles") for k, v in r["per_level"].items()}
+                                                 if r.get("per_level") else None)],
+        [f"sparkvision heatmap --tiles {r['out']} --model MODEL_DIR --out RESULTS"],
+    )
 
 
 def _heatmap(args: argparse.Namespace) -> int:
@@ -89,7 +99,7 @@ def _heatmap(args: argparse.Namespace) -> int:
     from sparkvision.tiling.tiles import list_sources, read_tiles, tile
 
     if (args.tiles is None) == (args.src is None):
-        raise ValueError("give either SRC (images to tile now) or --tiles DATASET (written by 'sparkvision tile')")
+        raise UsageError("give either SRC (images to tile now) or --tiles DATASET (written by 'sparkvision tile')")
     heat = HeatmapSettings(
         method=args.method, background_class=args.background_class, threshold=args.threshold, cell=args.cell,
         level=args.level, min_cells=args.min_cells, max_classes=args.max_classes,
@@ -98,7 +108,7 @@ def _heatmap(args: argparse.Namespace) -> int:
     spark = spark_from_args(args)
     card = load_card(args.model)
     if heat.background_class is not None and heat.background_class not in card.labels:
-        raise ValueError(f"--background-class {heat.background_class!r} is not one of the model's labels {card.labels}")
+        raise UsageError(f"--background-class {heat.background_class!r} is not one of the model's labels {card.labels}")
     if args.tiles is not None:
         # Spark's vectorized Parquet reader fills 4096 rows per batch: with tile bytes that
         # is hundreds of MB a task; a few hundred rows keep each batch small.
@@ -118,8 +128,18 @@ def _heatmap(args: argparse.Namespace) -> int:
         )
     log.info("%d images, %d boxes, %d heat maps in %s", summary["images"], summary["boxes"], summary["heatmaps"],
              args.out)
-    emit(summary)
+    emit(summary, _heatmap_summary)
     return 0
+
+
+def _heatmap_summary(r: dict) -> Summary:
+    return Summary(
+        f"{r['images']:,} images, {r['boxes']:,} boxes, {r['heatmaps']:,} heat maps in {r['out']}",
+        [("tiles", f"{r['tiles']:,} ({r['scored']:,} scored, {r['background']:,} background, "
+                   f"{r['tile_errors']:,} errors)"),
+         ("images with errors", r["images_with_errors"]), ("image labels", r["predictions"] or None),
+         ("boxes", f"{r['out']}/boxes.json"), ("heat maps", f"{r['out']}/heatmaps/")],
+    )
 
 
 def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse.ArgumentParser]) -> None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.cli.common import Summary, emit, spark_from_args
 from sparkvision.cli.data import add_source_options, decode_settings, read_source
 from sparkvision.config.training import PRESETS, TrainConfig, apply_overrides, preset
 
@@ -98,25 +98,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sparkvision.training.distributor import TrainingFailedError, fit
+    from sparkvision.training.distributor import fit
 
     config = config_from_args(args)
     if args.val is None and config.data.val_fraction == 0:
         log.warning("no validation data (--val or --val-fraction): no early stopping, the last epoch is exported")
     spark = spark_from_args(args)
-    try:
-        result = fit(
-            spark, config, train=args.train, out=args.out, val=args.val, test=args.test, name=args.name,
-            overwrite=args.overwrite, decode=decode_settings(args),
-            source_reader=lambda src: read_source(spark, args, src, probe="header"), task=args.task,
-        )
-    except TrainingFailedError as exc:
-        log.debug("training failure", exc_info=True)
-        log.error("%s", exc)
-        return 1
+    result = fit(
+        spark, config, train=args.train, out=args.out, val=args.val, test=args.test, name=args.name,
+        overwrite=args.overwrite, decode=decode_settings(args),
+        source_reader=lambda src: read_source(spark, args, src, probe="header"), task=args.task,
+    )
     emit({"out": result.out, "labels": result.labels, "metrics": result.metrics,
-          "curves": [{k: h[k] for k in h if k != "epoch_seconds"} for h in result.history]})
+          "curves": [{k: h[k] for k in h if k != "epoch_seconds"} for h in result.history]}, _train_summary)
     return 0
+
+
+def _train_summary(r: dict[str, Any]) -> Summary:
+    m = r["metrics"]
+    facts = [(f"{part} top-1 / top-5", f"{m[part + '_top1']:.4f} / {m[part + '_top5']:.4f} on {m[part + '_count']:,} "
+              f"images (loss {m[part + '_loss']:.4f})")
+             for part in ("val", "test") if m.get(part + "_top1") is not None]
+    facts += [("epochs", f"{m.get('epochs_run')} run, epoch {m.get('exported_epoch')} exported"
+               + (" (stopped early)" if m.get("stopped_early") else "")),
+              ("train top-1", m.get("train_top1")), ("classes", len(r["labels"]))]
+    return Summary(f"trained a model in {r['out']}", facts, [
+        f"sparkvision predict --model {r['out']} --input SRC --out PREDICTIONS",
+        f"sparkvision serve --model {r['out']}",
+    ])
 
 
 def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse.ArgumentParser]) -> None:

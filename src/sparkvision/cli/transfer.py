@@ -5,30 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from sparkvision.cli.common import emit, spark_from_args
+from sparkvision.cli.common import Summary, emit, fmt, predictions_summary, spark_from_args
 from sparkvision.cli.data import add_source_options, read_source
 from sparkvision.cli.detect import add_detection_options, detection_settings
 from sparkvision.config import FeaturizeSettings, TransferSettings
-from sparkvision.io.schema import LABEL, PATH
+from sparkvision.io.schema import PATH
 from sparkvision.progress import spark_progress
 
 log = logging.getLogger(__name__)
-
-DEMO_DATA = "imagenette-mini"
-
-
-def per_class_sample(frame: DataFrame, per_class: int, seed: int) -> DataFrame:
-    """At most ``per_class`` rows of each label, chosen by a seeded hash of the path."""
-    order = Window.partitionBy(LABEL).orderBy(F.xxhash64(F.col(PATH), F.lit(seed)), F.col(PATH))
-    return frame.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= per_class).drop("_rank")
 
 
 def metrics_report(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -61,31 +51,15 @@ def _settings(args: argparse.Namespace) -> TransferSettings:
     return replace(TransferSettings(), **overrides)
 
 
-def run_fit(spark, args: argparse.Namespace, train_src: str, val_src: str | None, out: str,
-            settings: TransferSettings) -> dict[str, Any]:
-    from sparkvision.io.splits import SPLIT, assign_splits
-    from sparkvision.ml.classifier import fit_transfer
+def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | None, out: str,
+                settings: TransferSettings) -> dict[str, Any]:
+    from sparkvision.ml.classifier import fit_from_sources
 
-    frame = read_source(spark, args, train_src, probe="header")
-    if getattr(args, "per_class", None):
-        frame = per_class_sample(frame, args.per_class, settings.seed)
-    if val_src:
-        train, val = frame, read_source(spark, args, val_src, probe="header")
-        if getattr(args, "val_per_class", None):
-            val = per_class_sample(val, args.val_per_class, settings.seed)
-        split = {"train": train_src, "val": val_src}
-    else:
-        assigned = assign_splits(frame, {"train": 1 - settings.val_fraction, "val": settings.val_fraction},
-                                 seed=settings.seed)
-        train = assigned.where(F.col(SPLIT) == "train").drop(SPLIT)
-        val = assigned.where(F.col(SPLIT) == "val").drop(SPLIT)
-        split = {"train": train_src, "val": f"stratified {settings.val_fraction:.0%} of {train_src} (seed {settings.seed})"}
-    provenance = {"train_source": train_src, "val_source": split["val"]}
-    if getattr(args, "per_class", None):
-        provenance["train_per_class"] = args.per_class
-    with spark_progress(spark, "fit"):
-        model = fit_transfer(train, val, settings, provenance=provenance)
-    path = model.save(out, overwrite=args.overwrite)
+    model, path = fit_from_sources(
+        spark, train_src, out, settings, val_src=val_src, per_class=args.per_class,
+        val_per_class=args.val_per_class, overwrite=args.overwrite,
+        source_reader=lambda src: read_source(spark, args, src, probe="header"),
+    )
     return {
         "model": str(path),
         "labels": model.labels,
@@ -98,18 +72,39 @@ def run_fit(spark, args: argparse.Namespace, train_src: str, val_src: str | None
 
 def _fit(args: argparse.Namespace) -> int:
     spark = spark_from_args(args)
-    emit(run_fit(spark, args, args.train, args.val, args.out, _settings(args)))
+    emit(_fit_report(spark, args, args.train, args.val, args.out, _settings(args)), _fit_summary)
     return 0
+
+
+def _validation_facts(v: dict[str, Any]) -> list[tuple[str, Any]]:
+    per_class = v.get("per_class") or {}
+    weakest = min(per_class.items(), key=lambda kv: kv[1]["f1"] if kv[1]["f1"] is not None else 2.0, default=None)
+    return [
+        ("accuracy", v.get("accuracy")), ("balanced accuracy", v.get("balanced_accuracy")),
+        ("macro F1", v.get("macro_f1")), ("top-5 accuracy", v.get("top5_accuracy")),
+        ("rows", f"{fmt(v.get('evaluated_rows'))} evaluated, {fmt(v.get('error_rows'))} with errors"),
+        ("weakest class", f"{weakest[0]} (F1 {fmt(weakest[1]['f1'])})" if weakest else None),
+    ]
+
+
+def _fit_summary(r: dict[str, Any]) -> Summary:
+    return Summary(
+        f"fitted {r['classifier']} on {len(r['labels'])} classes: model in {r['model']}",
+        [*_validation_facts(r["validation"]), ("classes", r["labels"])],
+        [f"sparkvision predict --model {r['model']} --input SRC --out PREDICTIONS"],
+    )
 
 
 def _predict(args: argparse.Namespace) -> int:
     from sparkvision.inference.predict import predict
+    from sparkvision.models.model_dir import load_card
 
+    load_card(args.model)  # a wrong MODEL_DIR fails here, before Spark starts
     spark = spark_from_args(args)
     frame = read_source(spark, args, args.input, probe="header")
     summary = predict(spark, args.model, frame, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
                       detection=detection_settings(args))
-    emit(summary.to_dict())
+    emit(summary.to_dict(), predictions_summary)
     return 0
 
 
@@ -130,7 +125,8 @@ def _classify(args: argparse.Namespace) -> int:
                 spark_progress(spark, "classify"):
             result.write.parquet(staging)
         written = spark.read.parquet(args.out)
-        emit({"out": args.out, "rows": written.count(), "errors": written.where(F.col("error").isNotNull()).count()})
+        emit({"out": args.out, "rows": written.count(), "errors": written.where(F.col("error").isNotNull()).count()},
+             lambda r: Summary(f"classified {r['rows']:,} images into {r['out']}: {r['errors']:,} with errors"))
         return 0
     with spark_progress(spark, "classify"):
         rows = result.orderBy(PATH).collect()
@@ -139,34 +135,22 @@ def _classify(args: argparse.Namespace) -> int:
                                     for t in (r["top_k"] or [])],
          "error": r["error"]}
         for r in rows
-    ])
+    ], _classify_summary)
     return 0
 
 
-def find_demo_data() -> Path:
-    """imagenette-mini next to the repository (``../shared/data``), wherever the command runs from."""
-    import sparkvision
-
-    roots = []
-    if os.environ.get("SPARKVISION_SHARED_DATA"):
-        roots.append(Path(os.environ["SPARKVISION_SHARED_DATA"]))
-    repo = Path(sparkvision.__file__).resolve().parents[2]  # src/sparkvision/__init__.py -> repository root
-    roots += [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
-    for root in roots:
-        candidate = root / DEMO_DATA
-        if (candidate / "train").is_dir() and (candidate / "val").is_dir():
-            return candidate
-    looked = ", ".join(str(r / DEMO_DATA) for r in roots)
-    raise FileNotFoundError(
-        f"the demo needs {DEMO_DATA}/train and {DEMO_DATA}/val (real photos, one folder per class); looked in: "
-        f"{looked}. Put the shared data next to the repository or set SPARKVISION_SHARED_DATA to the folder "
-        f"that holds {DEMO_DATA}/."
+def _classify_summary(rows: list[dict[str, Any]]) -> Summary:
+    return Summary(
+        f"top classes of {len(rows)} images (first rows by path; --out writes them all)",
+        [(row["path"], row["error"] or ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]))
+         for row in rows],
     )
 
 
 def _demo(args: argparse.Namespace) -> int:
     from sparkvision.evaluation.metrics import evaluate_predictions
     from sparkvision.inference.predict import predict
+    from sparkvision.io.builtin import find_demo_data
 
     data = find_demo_data()
     work = Path(args.workdir).resolve()
@@ -175,7 +159,7 @@ def _demo(args: argparse.Namespace) -> int:
     log.info("demo: fitting on %s, predicting %s; outputs under %s", data / "train", data / "val", work)
     spark = spark_from_args(args)
     args.overwrite = True
-    fitted = run_fit(spark, args, str(data / "train"), str(data / "val"), str(model_dir), TransferSettings())
+    fitted = _fit_report(spark, args, str(data / "train"), str(data / "val"), str(model_dir), TransferSettings())
     frame = read_source(spark, args, str(data / "val"), probe="header")
     summary = predict(spark, model_dir, frame, str(predictions), overwrite=True)
     result = evaluate_predictions(spark.read.parquet(str(predictions)), fitted["labels"])
@@ -191,8 +175,17 @@ def _demo(args: argparse.Namespace) -> int:
         "errors": summary.errors,
         "validation": metrics_report(result.to_dict()),
         "next": f"sparkvision evaluate --predictions {predictions} --out {work / 'report'}",
-    })
+    }, _demo_summary)
     return 0
+
+
+def _demo_summary(r: dict[str, Any]) -> Summary:
+    return Summary(
+        f"demo: fitted on {r['train']}, predicted {r['val']}",
+        [*_validation_facts(r["validation"]), ("model", r["model"]), ("predictions", r["predictions"]),
+         ("metrics", r["metrics_file"])],
+        [r["next"], f"sparkvision predict --model {r['model']} --input YOUR_PHOTOS --out PREDICTIONS"],
+    )
 
 
 def _add_common_model_options(parser: argparse.ArgumentParser) -> None:

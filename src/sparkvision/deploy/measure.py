@@ -21,6 +21,7 @@ import numpy as np
 
 from sparkvision.config import MeasureSettings, PreprocessConfig
 from sparkvision.models.runtime import OnnxModel
+from sparkvision.progress import local_progress
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +149,17 @@ def measure_models(paths: dict[str, Path], images: ImageSet, classes: list[str],
     sessions = {name: _session(path, settings.threads) for name, path in paths.items()}
     truth = label_indices(images.labels, classes)
     labelled = truth >= 0
-    top1 = {name: predict_top1(model, images.tensor, settings.batch_size) for name, model in sessions.items()}
+    top1 = {name: predict_top1(model, images.tensor, settings.batch_size)
+            for name, model in local_progress(sessions.items(), "accuracy", total=len(sessions), unit="model")}
     reps = -(-settings.bench_images // len(images))
     bench = np.concatenate([images.tensor] * reps)[: settings.bench_images] if reps > 1 else \
         images.tensor[: settings.bench_images]
     best = {name: float("inf") for name in sessions}
-    for _ in range(max(1, settings.rounds)):
-        for name, model in sessions.items():
-            start = time.perf_counter()
-            model.run_batched(bench, "logits", settings.batch_size)
-            best[name] = min(best[name], time.perf_counter() - start)
+    timings = [(r, name) for r in range(max(1, settings.rounds)) for name in sessions]
+    for _, name in local_progress(timings, "timing", unit="run"):
+        start = time.perf_counter()
+        sessions[name].run_batched(bench, "logits", settings.batch_size)
+        best[name] = min(best[name], time.perf_counter() - start)
     out = {}
     for name, path in paths.items():
         accuracy = float((top1[name][labelled] == truth[labelled]).mean()) if labelled.any() else None

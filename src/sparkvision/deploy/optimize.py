@@ -32,6 +32,7 @@ from sparkvision.deploy.measure import (
     to_image_set,
 )
 from sparkvision.models.model_dir import ONNX_FILE, ModelCard, load_card, save_card
+from sparkvision.progress import spark_progress
 
 if TYPE_CHECKING:  # prune imports torch; the CLI imports this module before it needs torch
     from sparkvision.deploy.prune import FineTuneRequest
@@ -118,7 +119,8 @@ def optimize_model(spark, model_dir: str | Path, out_dir: str | Path, request: O
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     fp32 = ensure_onnx(model_dir, spark)  # a model saved by an older 'fit' is exported first
     card = load_card(model_dir)
-    calibration, val = _images(spark, request, card)
+    with spark_progress(spark, "read images"):
+        calibration, val = _images(spark, request, card)
     with tempfile.TemporaryDirectory(prefix="sv-optimize-") as tmp:
         current = fp32
         details: dict[str, Any] = {}

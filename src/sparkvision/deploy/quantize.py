@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from sparkvision.config import QuantizeSettings
+from sparkvision.progress import local_progress
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,19 @@ class TensorCalibrationReader(CalibrationDataReader):
         self.input_name = input_name
         self.batch = batch
         self._next = 0
+        self._bar = None
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= len(self.tensor):
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
             return None
+        if self._bar is None:
+            self._bar = local_progress(None, "calibrate", total=len(self.tensor), unit="img")
         chunk = self.tensor[self._next:self._next + self.batch]
         self._next += self.batch
+        self._bar.update(len(chunk))
         return {self.input_name: chunk}
 
     def rewind(self) -> None:

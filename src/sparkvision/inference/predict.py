@@ -216,6 +216,28 @@ def predict(
     return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, **summary)
 
 
+def probability_labels(spark: SparkSession, predictions: str,
+                       model_dir: str | Path | None = None) -> tuple[list[str], str]:
+    """The order of a predictions set's ``probability`` values, and where it came from.
+
+    The model card's when ``model_dir`` is given, else the marker :func:`predict` wrote
+    next to the predictions; ``([], "")`` when none is known (probability metrics are then
+    skipped, a warning says so).
+    """
+    if model_dir:
+        return list(load_card(model_dir).labels), f"{model_dir}/sparkvision_model.json"
+    marker = predictions.rstrip("/") + "/" + PREDICTIONS_MARKER
+    try:
+        if storage.exists(marker, spark):
+            found = json.loads(storage.read_text(marker, spark)).get("labels")
+            if found:
+                return list(found), marker
+    except Exception as exc:  # noqa: BLE001 - an unreadable marker only costs the probability metrics
+        log.debug("cannot read %s: %s", marker, exc)
+    log.warning("no label order known (give --model or --labels): top-k, log loss and calibration are skipped")
+    return [], ""
+
+
 def _summarize(written: DataFrame, rows: int) -> dict[str, Any]:
     kinds = {
         r["kind"]: int(r["count"])

@@ -12,6 +12,9 @@ name                       rows    source
 
 Images are stored as PNG bytes (lossless) so every source shares one schema; paths are
 ``<dataset>/<part>/<index>.png``.
+
+The demo's real photos (``imagenette-mini``, a folder per class) are not a package but the
+shared data next to the repository: :func:`find_demo_data` finds them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,3 +190,28 @@ def read_builtin(spark: SparkSession, name: str) -> DataFrame:
     chunks = spark.createDataFrame(rows, schema=_CHUNK_SCHEMA)
     encode = partial(_encode_chunks, name=parts[0].name, classes=parts[0].classes)
     return chunks.mapInPandas(encode, IMAGE_SCHEMA)
+
+
+DEMO_DATA = "imagenette-mini"
+
+
+def find_demo_data() -> Path:
+    """imagenette-mini next to the repository (``../shared/data``) or under ``$SPARKVISION_SHARED_DATA``,
+    wherever the command runs from."""
+    import sparkvision
+
+    roots = []
+    if os.environ.get("SPARKVISION_SHARED_DATA"):
+        roots.append(Path(os.environ["SPARKVISION_SHARED_DATA"]))
+    repo = Path(sparkvision.__file__).resolve().parents[2]  # src/sparkvision/__init__.py -> repository root
+    roots += [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
+    for root in roots:
+        candidate = root / DEMO_DATA
+        if (candidate / "train").is_dir() and (candidate / "val").is_dir():
+            return candidate
+    looked = ", ".join(str(r / DEMO_DATA) for r in roots)
+    raise FileNotFoundError(
+        f"the demo needs {DEMO_DATA}/train and {DEMO_DATA}/val (real photos, one folder per class); looked in: "
+        f"{looked}. Put the shared data next to the repository or set SPARKVISION_SHARED_DATA to the folder "
+        f"that holds {DEMO_DATA}/."
+    )

@@ -72,6 +72,14 @@ def train_val_test_split(
     )
 
 
+def sample_per_class(frame: DataFrame, per_class: int, seed: int = 42, label_col: str = LABEL) -> DataFrame:
+    """At most ``per_class`` rows of each class, chosen by a seeded hash of the path (the same rows on any cluster)."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    order = Window.partitionBy(label_col).orderBy(F.xxhash64(F.col(PATH), F.lit(seed)), F.col(PATH))
+    return frame.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= per_class).drop("_rank")
+
+
 def assign_folds(frame: DataFrame, k: int, seed: int = 42, label_col: str = LABEL) -> DataFrame:
     """``frame`` with a ``fold`` column in 0..k-1; each class is dealt round-robin over folds."""
     if k < 2:

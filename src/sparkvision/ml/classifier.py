@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,6 +396,52 @@ def fit_transfer(
         model.metrics = validation_metrics(model.transform(val), labels)
         model.provenance["fit_seconds"] = round(time.perf_counter() - started, 1)
     return model
+
+
+def fit_from_sources(
+    spark: SparkSession,
+    train_src: str,
+    out: str,
+    settings: TransferSettings | None = None,
+    val_src: str | None = None,
+    per_class: int | None = None,
+    val_per_class: int | None = None,
+    overwrite: bool = False,
+    source_reader: Callable[[str], DataFrame] | None = None,
+) -> tuple[TransferModel, Path]:
+    """``sparkvision fit``: read the sources, fit, and save the model directory at ``out``.
+
+    Without ``val_src`` a stratified ``settings.val_fraction`` of each class is held out.
+    ``per_class`` / ``val_per_class`` keep at most that many images of each class (a seeded
+    choice). ``source_reader`` reads a source (default: :func:`sparkvision.io.load_images`
+    with header probing); the CLI passes one that applies its source options.
+    """
+    from sparkvision.io import load_images
+    from sparkvision.io.splits import SPLIT, assign_splits, sample_per_class
+    from sparkvision.progress import spark_progress
+
+    settings = settings or TransferSettings()
+    read = source_reader or (lambda src: load_images(spark, src, probe="header"))
+    frame = read(train_src)
+    if per_class:
+        frame = sample_per_class(frame, per_class, settings.seed)
+    if val_src:
+        train, val = frame, read(val_src)
+        if val_per_class:
+            val = sample_per_class(val, val_per_class, settings.seed)
+        val_source = val_src
+    else:
+        assigned = assign_splits(frame, {"train": 1 - settings.val_fraction, "val": settings.val_fraction},
+                                 seed=settings.seed)
+        train = assigned.where(F.col(SPLIT) == "train").drop(SPLIT)
+        val = assigned.where(F.col(SPLIT) == "val").drop(SPLIT)
+        val_source = f"stratified {settings.val_fraction:.0%} of {train_src} (seed {settings.seed})"
+    provenance: dict[str, Any] = {"train_source": train_src, "val_source": val_source}
+    if per_class:
+        provenance["train_per_class"] = per_class
+    with spark_progress(spark, "fit"):
+        model = fit_transfer(train, val, settings, provenance=provenance)
+    return model, model.save(out, overwrite=overwrite)
 
 
 def _plain(value: Any) -> Any:

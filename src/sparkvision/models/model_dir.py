@@ -40,6 +40,10 @@ FORMAT_VERSION = 1
 ModelKind = Literal["onnx", "spark_pipeline", "detector"]
 
 
+class ModelCardError(ValueError):
+    """A model directory's card cannot be read: not JSON, or not a sparkvision model card."""
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -92,7 +96,11 @@ def load_card(model_dir: str | Path) -> ModelCard:
     path = Path(model_dir) / CARD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is not a sparkvision model directory (no {CARD_FILE})")
-    return ModelCard.from_dict(json.loads(path.read_text("utf-8")))
+    try:
+        return ModelCard.from_dict(json.loads(path.read_text("utf-8")))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelCardError(f"{path} is not a valid model card: {detail}") from exc
 
 
 def onnx_path(model_dir: str | Path, card: ModelCard | None = None) -> Path:
