@@ -1,6 +1,6 @@
 """The core runs without Spark: decode, preprocessing, config, the model registry, the ONNX
-runtime, storage and the HTTP server import and work with pyspark (and py4j) unimportable,
-so the server and the training ranks never need a JVM."""
+runtime, the classifier runner, storage and the HTTP server import and work with pyspark
+(and py4j) unimportable, so the server and the training ranks never need a JVM."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ SCRIPT = textwrap.dedent(
     from sparkvision.io.errors import ErrorKind, ImageError
     from sparkvision.models.model_dir import ModelCard, save_card
     from sparkvision.models.onnx_export import export_onnx
-    from sparkvision.models.registry import create_model, get_spec, list_models
+    from sparkvision.models import create_model, get_spec, list_models
+    from sparkvision.models.registry import ModelSpec
+    from sparkvision.models.runner import ClassifierRunner
     from sparkvision.models.runtime import OnnxModel
     from sparkvision.preprocess import ImagePreprocessor
 
@@ -69,6 +71,7 @@ SCRIPT = textwrap.dedent(
     # Preprocess with a registered model's config; a bad row is an error, not a crash.
     assert "smallcnn" in list_models()
     spec = get_spec("smallcnn")
+    assert isinstance(spec, ModelSpec)
     batch = ImagePreprocessor(spec.preprocess)([data, b"\\x89PNG broken"])
     assert batch.index.tolist() == [0] and batch.errors[0] is None and batch.errors[1]
     assert batch.tensor.shape == (1, 1, 28, 28) and batch.tensor.dtype == np.float32
@@ -83,6 +86,7 @@ SCRIPT = textwrap.dedent(
     save_card(out, ModelCard(name="tiny", kind="onnx", labels=["a", "b", "c"], preprocess=spec.preprocess))
     logits = OnnxModel(out / "model.onnx", threads=1).run_batched(batch.tensor, "logits", 8)
     assert np.allclose(torch.softmax(torch.from_numpy(logits), 1)[0].numpy(), expected, atol=1e-5)
+    assert np.allclose(ClassifierRunner.from_model_dir(out).predict_proba(batch.tensor)[0], expected, atol=1e-5)
 
     from fastapi.testclient import TestClient
 
