@@ -405,6 +405,28 @@ def test_pr_curves_of_many_classes_are_small_multiples():
     assert image.height > 150 * rows and image.width > 900  # a grid of panels, not 30 lines in one
 
 
+def test_boxes_are_drawn_where_they_are_in_the_displayed_image(tmp_path):
+    """Found, missed, correct and false boxes in their colours, on a photo stored sideways (EXIF orientation 6)."""
+    from sparkvision.evaluation.detection_report import COLOURS, draw_boxes
+
+    photo = Image.open(BCCD / "JPEGImages" / "BloodImage_00000.jpg").convert("RGB")  # 640 x 480
+    stored = photo.rotate(90, expand=True)  # stored 480 x 640; orientation 6 turns it back to 640 x 480
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    truths = [_box("WBC", 40, 40, 200, 200, found=True), _box("RBC", 400, 60, 600, 220, found=False)]
+    boxes = [_box("WBC", 60, 260, 220, 420, score=0.9, outcome="tp"),
+             _box("RBC", 420, 260, 600, 420, score=0.6, outcome="fp")]
+    uri = draw_boxes(buffer.getvalue(), truths, boxes, size=320)
+    drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
+    assert drawn.shape == (240, 320, 3)  # as displayed (landscape), longest side 320: a scale of 1/2
+    for box, key in zip(truths + boxes, ("found", "missed", "tp", "fp"), strict=True):
+        colour = np.array([int(COLOURS[key][i:i + 2], 16) for i in (1, 3, 5)])
+        x, y = round(box["xmin"] / 2), round((box["ymin"] + box["ymax"]) / 4)  # the middle of the left edge
+        assert np.abs(drawn[y - 2:y + 3, x - 1:x + 2] - colour).sum(axis=2).min() < 60, key
+
+
 # --------------------------------------------------------------------------- Spark
 
 def _truth_frame(spark, truth, extra=()):
@@ -462,29 +484,36 @@ def test_spark_path_equals_the_pure_result(spark, bccd_truth):
 
 
 @pytest.mark.browser
-def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, bccd_truth, tmp_path):
+def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from sparkvision.cli.main import main
+    from sparkvision.evaluation.detection import load_truth
 
-    truth = dict(list(bccd_truth.items())[:16])
+    # The truth is the real VOC test list, read by the VOC source; predictions are made from its rows.
+    voc_test = str(BCCD / "ImageSets" / "Main" / "test.txt")
+    truth = {r["path"]: [o.asDict() for o in r["objects"]]
+             for r in load_truth(spark, voc_test).select("path", "objects").collect()}
+    assert len(truth) == 72 and all(p.endswith(".jpg") for p in truth)
     predictions = jitter(truth, seed=10, drop=0.3, false_per_image=4)
     first = list(truth)[0]
-    _truth_frame(spark, truth).write.parquet(str(tmp_path / "truth.parquet"))
     _prediction_frame(spark, {p: b for p, b in predictions.items() if p != first},
                       [(first, None, "corrupt: cannot decode")]).write.parquet(str(tmp_path / "predictions"))
     out = tmp_path / "report"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["evaluate", "--task", "detect", "--predictions", str(tmp_path / "predictions"),
-                     "--truth", str(tmp_path / "truth.parquet"), "--out", str(out), "--gallery", "6"])
+                     "--truth", voc_test, "--out", str(out), "--gallery", "6"])
     assert code == 0
     printed = json.loads(stdout.getvalue())
     assert printed == json.loads((out / "metrics.json").read_text())
     local = evaluate_local(truth, {p: b for p, b in predictions.items() if p != first},
                            prediction_errors={first: "corrupt: cannot decode"})
     assert printed["map"] == pytest.approx(local.map, abs=1e-12)
-    assert printed["image_status"]["prediction_error"] == 1 and printed["task"] == "detect"
+    assert printed["voc_map50"] == pytest.approx(local.voc_map50, abs=1e-12)
+    assert printed["image_status"] == {"ok": 71, "prediction_error": 1, "no_prediction": 0, "truth_error": 0,
+                                       "no_truth": 0}
+    assert printed["task"] == "detect" and printed["source"]["truth"] == voc_test
     assert set(printed["pr_curves"]) == set(CLASSES)
 
     shot = out / "report.png"
@@ -519,10 +548,10 @@ def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, bcc
         pixels = np.asarray(Image.open(out / name).convert("RGB"))
         assert pixels.std() > 10, name
         assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > min_colours, name
-    # The drawn boxes are there: the gallery holds the pure colours of found (green) and predicted (blue) boxes.
+    # The drawn boxes are there: the gallery holds the colours of missed (amber) and predicted (blue) boxes.
     gallery = np.asarray(Image.open(out / "gallery.png").convert("RGB")).reshape(-1, 3).astype(int)
-    for colour in ((0x16, 0xA3, 0x4A), (0x25, 0x63, 0xEB)):
-        assert (np.abs(gallery - colour).sum(axis=1) < 40).sum() > 200, colour
+    for colour in ((0xF5, 0x9E, 0x0B), (0x25, 0x63, 0xEB)):
+        assert (np.abs(gallery - colour).sum(axis=1) < 40).sum() > 100, colour
 
 
 def test_evaluate_detect_needs_truth_with_boxes(spark, tmp_path, caplog):

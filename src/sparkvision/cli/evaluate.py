@@ -43,7 +43,7 @@ def _evaluate_detect(args: argparse.Namespace) -> int:
     )
     spark = spark_from_args(args)
     predictions = spark.read.parquet(args.predictions)
-    truth = load_truth(spark, args.truth)
+    truth = load_truth(spark, args.truth, args.images)
     with spark_progress(spark, "evaluate"):
         result = evaluate_detections(predictions, truth, settings)
     model_name = None
@@ -168,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     evaluate.add_argument("--bins", type=int, default=None, metavar="N", help="confidence bins for calibration (default 15)")
     evaluate.add_argument("--gallery", type=int, default=None, metavar="N", help="confidently wrong images to show (default 24)")
     evaluate.add_argument("--images", default=None, metavar="SRC", help="image source (dataset, folder) to read thumbnails from "
-                          "when the predictions' paths cannot be read directly")
+                          "when the predictions' paths cannot be read directly; with a COCO --truth, where its images are")
     evaluate.add_argument("--title", default=None, help="report title")
     evaluate.add_argument("--task", choices=("classify", "detect"), default="classify",
                           help="classify (default): predictions with labels and probabilities; detect: boxes "

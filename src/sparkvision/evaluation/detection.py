@@ -242,17 +242,15 @@ def worst_images(
 
 
 
-def load_truth(spark: SparkSession, src: str) -> DataFrame:
-    """True boxes from ``src``: whatever :func:`sparkvision.io.load_images` reads with ``objects`` rows
-    (a Pascal VOC directory, a COCO instances JSON, a dataset ingested from one), or a Parquet
-    file or directory with ``path`` and ``objects`` columns."""
+def load_truth(spark: SparkSession, src: str, images: str | None = None) -> DataFrame:
+    """True boxes from ``src`` through :func:`sparkvision.io.load_images`: a Pascal VOC directory or
+    image-set list, a COCO instances JSON (its images in ``images`` when given), or a dataset
+    ingested from one. Image bytes are not checked: only the annotations matter here."""
     from sparkvision.io import load_images
     from sparkvision.io.load import resolve_kind
 
-    frame = load_images(spark, src, probe="none")
-    if "objects" not in frame.columns and resolve_kind(spark, src) == "dataset":
-        # A dataset read through the image schema alone would lose its boxes.
-        frame = spark.read.parquet(src)
+    coco = resolve_kind(spark, src) == "coco"
+    frame = load_images(spark, src, probe="none", images=images if coco else None)
     if "objects" not in frame.columns:
         raise ValueError(
             f"{src} has no true boxes (no 'objects' column): give a Pascal VOC directory, a COCO instances JSON "

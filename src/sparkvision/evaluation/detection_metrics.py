@@ -23,11 +23,15 @@ boxes are taken highest score first (a stable sort: equal scores keep their inpu
   that is not difficult; among equal IoUs the later true box wins, as in pycocotools. A box
   matched to a difficult truth is ignored (neither true nor false positive), and difficult truths
   are not positives: pycocotools' ``ignore`` flag on a box that is not a crowd (``iscrowd=0``).
+  COCO crowd regions arrive as difficult boxes (:mod:`sparkvision.io.annotations`) and are scored
+  the same way, which differs from pycocotools' crowd rule (a crowd absorbs any number of boxes,
+  with IoU over the box's own area) only on sets that have crowds.
 * **VOC rule** at IoU 0.5 (the devkit's ``voc_eval``): a box goes to the true box with the highest
   IoU (the first of equal ones), whether or not that one is taken. IoU must exceed 0.5. If that true
-  box is difficult the box is ignored; if it is already taken the box is a false positive. Unlike
-  the devkit, IoU has no +1 pixel in widths and heights: boxes here are continuous coordinates,
-  not inclusive pixel indices.
+  box is difficult the box is ignored; if it is already taken the box is a false positive. IoU has
+  no +1 pixel in widths and heights: boxes here are continuous coordinates, and the VOC source
+  already reads the devkit's inclusive pixel indices as ``xmin - 1`` (:mod:`sparkvision.io.annotations`),
+  so a true box's width is the devkit's ``xmax - xmin + 1``.
 
 Average precision
 -----------------
