@@ -484,10 +484,9 @@ def test_spark_path_equals_the_pure_result(spark, bccd_truth):
 
 
 @pytest.mark.browser
-def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, tmp_path):
+def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, cli, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from sparkvision.cli.main import main
     from sparkvision.evaluation.detection import load_truth
 
     # The truth is the real VOC test list, read by the VOC source; predictions are made from its rows.
@@ -500,12 +499,10 @@ def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, tmp
     _prediction_frame(spark, {p: b for p, b in predictions.items() if p != first},
                       [(first, None, "corrupt: cannot decode")]).write.parquet(str(tmp_path / "predictions"))
     out = tmp_path / "report"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["evaluate", "--task", "detect", "--predictions", str(tmp_path / "predictions"),
-                     "--truth", voc_test, "--out", str(out), "--gallery", "6"])
+    code, stdout = cli("evaluate", "--task", "detect", "--predictions", tmp_path / "predictions", "--truth", voc_test,
+                       "--out", out, "--gallery", 6)
     assert code == 0
-    printed = json.loads(stdout.getvalue())
+    printed = json.loads(stdout)
     assert printed == json.loads((out / "metrics.json").read_text())
     local = evaluate_local(truth, {p: b for p, b in predictions.items() if p != first},
                            prediction_errors={first: "corrupt: cannot decode"})
@@ -554,15 +551,14 @@ def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, tmp
         assert (np.abs(gallery - colour).sum(axis=1) < 40).sum() > 100, colour
 
 
-def test_evaluate_detect_needs_truth_with_boxes(spark, tmp_path, caplog):
-    from sparkvision.cli.main import main
-
+def test_evaluate_detect_needs_truth_with_boxes(spark, cli, tmp_path, caplog):
     _prediction_frame(spark, {"file:/a.jpg": []}).write.parquet(str(tmp_path / "p"))
-    assert main(["evaluate", "--task", "detect", "--predictions", str(tmp_path / "p"), "--out",
-                 str(tmp_path / "r")]) == 1
+    # Without --truth: a usage error; --truth on a classification evaluation too.
+    assert cli("evaluate", "--task", "detect", "--predictions", tmp_path / "p", "--out", tmp_path / "r")[0] == 2
+    assert cli("evaluate", "--predictions", tmp_path / "p", "--truth", tmp_path / "p", "--out", tmp_path / "r")[0] == 2
     spark.createDataFrame([("file:/a.jpg", "x")], "path string, label string").write.parquet(
         str(tmp_path / "plain.parquet"))
-    assert main(["evaluate", "--task", "detect", "--predictions", str(tmp_path / "p"), "--truth",
-                 str(tmp_path / "plain.parquet"), "--out", str(tmp_path / "r")]) == 1
-    assert "no true boxes" in caplog.text
+    code, _ = cli("evaluate", "--task", "detect", "--predictions", tmp_path / "p", "--truth",
+                  tmp_path / "plain.parquet", "--out", tmp_path / "r")
+    assert code == 1 and "no true boxes" in caplog.text
     assert not Path(tmp_path / "r" / "metrics.json").exists()

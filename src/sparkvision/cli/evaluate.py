@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sparkvision.cli.common import Summary, emit, fmt, spark_from_args
+from sparkvision.cli.common import Summary, UsageError, emit, fmt, spark_from_args
 from sparkvision.config import EvaluationSettings
 from sparkvision.inference.predict import probability_labels
 from sparkvision.progress import spark_progress
@@ -33,7 +33,7 @@ def _evaluate_detect(args: argparse.Namespace) -> int:
     from sparkvision.evaluation.detection_report import write_report
 
     if not args.truth:
-        raise ValueError("--task detect needs --truth SRC (a VOC directory, COCO JSON or ingested dataset)")
+        raise UsageError("--task detect needs --truth SRC (a VOC directory, COCO JSON or ingested dataset)")
     settings = DetectionEvaluationSettings()
     settings = replace(
         settings,
@@ -64,15 +64,36 @@ def _evaluate_detect(args: argparse.Namespace) -> int:
                                  args.title)
     log.info("mAP@[.5:.95] %s, mAP@0.5 %s on %d images; report at %s", result.map, result.map50,
              result.evaluated_images, html_path)
-    emit(result.to_dict())
+    emit(result.to_dict(), _detect_summary)
     return 0
+
+
+def _detect_summary(r: dict[str, Any]) -> Summary:
+    report = Path(r["source"]["report_dir"])
+    at = r.get("at_threshold") or {}
+    status = r["image_status"]
+    scored = [c for c in r.get("per_class", []) if c.get("ap50") is not None]
+    weakest = min(scored, key=lambda c: c["ap50"], default=None)
+    threshold = r["settings"]["score_threshold"]
+    return Summary(
+        f"judged {r['evaluated_images']:,} of {r['images']:,} images: report in {report / 'report.html'}",
+        [("mAP@[.5:.95]", r.get("map")), ("mAP@0.5", r.get("map50")), ("VOC AP@0.5", r.get("voc_map50")),
+         (f"precision / recall (score >= {threshold})", f"{fmt(at.get('precision'))} / {fmt(at.get('recall'))}"),
+         ("boxes", f"{fmt(r['truths'])} true, {fmt(r['predictions'])} predicted"),
+         ("images left out", f"{fmt(status['truth_error'])} with annotation errors, {fmt(status['no_truth'])} "
+                             "not in the truth"),
+         ("failed predictions", f"{fmt(status['prediction_error'] + status['no_prediction'])} (their true boxes "
+                                "count as missed)"),
+         ("weakest class", f"{weakest['label']} (AP@0.5 {fmt(weakest['ap50'])})" if weakest else None),
+         ("metrics", str(report / "metrics.json"))],
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.task == "detect":
         return _evaluate_detect(args)
     if args.truth:
-        raise ValueError("--truth is for --task detect; classification predictions carry their true label")
+        raise UsageError("--truth is for --task detect; classification predictions carry their true label")
     # Imported here: matplotlib should not slow down every other command's start.
     from sparkvision.evaluation.metrics import evaluate_predictions
     from sparkvision.evaluation.report import write_report
