@@ -14,6 +14,7 @@ from sparkvision.io.schema import IMAGE_SCHEMA
 from sparkvision.ml.featurizer import ImageFeaturizer
 from sparkvision.models import get_spec
 from sparkvision.models.onnx_export import export_onnx, registered_onnx
+from sparkvision.models import registry
 from sparkvision.models.registry import register_onnx_model
 from sparkvision.models.runtime import OnnxModel
 from sparkvision.preprocess import ImagePreprocessor
@@ -115,7 +116,9 @@ class _TinyNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def test_user_onnx_backbone_is_embedded_when_saved_and_loads_without_its_file(spark, imagenette, tmp_path):
+def test_user_onnx_backbone_is_embedded_when_saved_and_loads_without_its_file(spark, imagenette, tmp_path, monkeypatch):
+    # the user's model is registered for this test only: the registry is process-wide
+    monkeypatch.setitem(registry._REGISTRY, "tiny_user_net", None)
     onnx_file = export_onnx(_TinyNet(), tmp_path / "tiny.onnx", (3, 32, 32), with_features=True)
     preprocess = PreprocessConfig.preset("imagenet", size=(32, 32))
     register_onnx_model("tiny_user_net", onnx_file, preprocess, labels=["a", "b", "c"],
