@@ -182,6 +182,7 @@ def test_model_health_and_metrics_endpoints(server):
     assert len(models) == 1
     info = models[0]
     assert info["name"] == "efficientnet_lite0" and info["num_classes"] == 1000 == len(info["classes"])
+    assert info["task"] == "classify"
     assert info["input_size"] == [3, 224, 224]
     assert info["version"] == hashlib.sha256(onnx_path(imagenet_model_dir()).read_bytes()).hexdigest()[:12]
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 
 from sparkvision.cli.common import ExitCode, Summary, UsageError, emit, spark_from_args
+from sparkvision.cli.detect import add_detection_options
 from sparkvision.config import MeasureSettings, PruneSettings, QuantizeSettings, ServeSettings
 from sparkvision.config.training import FINE_TUNE_PRUNED
 from sparkvision.progress import spark_progress
@@ -120,7 +121,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, batching=not args.no_batching, max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms, max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
-        max_files=args.max_files, top_k=args.top_k, threads=args.threads, decode_workers=args.decode_workers,
+        max_files=args.max_files, top_k=args.top_k, score_threshold=args.score_threshold,
+        iou_threshold=args.iou_threshold, max_boxes=args.max_boxes, threads=args.threads,
+        decode_workers=args.decode_workers,
         log_level="warning" if args.quiet else ("debug" if args.verbose else "info"),
     )
     run_server(args.model, settings)
@@ -203,10 +206,12 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
 
     serve = subparsers.add_parser(
         "serve", parents=[parents["logging"]],
-        help="HTTP service and web page for a model directory",
-        description="Serve MODEL_DIR over HTTP: POST /v1/predict (multipart images or raw bytes; ?top_k=), "
-        "GET /v1/models, /healthz, /readyz, /metrics (Prometheus), and a web page at /. Concurrent requests "
-        "are grouped into one ONNX Runtime call (micro-batching); bad requests get 4xx answers.",
+        help="HTTP service and web page for a classifier or detector model directory",
+        description="Serve MODEL_DIR over HTTP: POST /v1/predict (multipart images or raw bytes) answers the "
+        "top classes of each image (?top_k=) or, for a detector, its boxes in the image's own pixels "
+        "(?score_threshold=&iou_threshold=&max_boxes=, defaults below); GET /v1/models, /healthz, /readyz, "
+        "/metrics (Prometheus), and a web page at / that shows the classes or draws the boxes. Concurrent "
+        "requests are grouped into one ONNX Runtime call (micro-batching); bad requests get 4xx answers.",
     )
     serve.add_argument("--model", required=True,
                        help="model directory (any kind; a 'fit' model without model.onnx is exported first)")
@@ -227,4 +232,5 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     serve.add_argument("--decode-workers", type=int, default=s.decode_workers,
                        help=f"threads decoding uploads (default {s.decode_workers})")
+    add_detection_options(serve, score_threshold=s.score_threshold)
     serve.set_defaults(handler=_serve)

@@ -9,13 +9,18 @@ from sparkvision.cli.data import add_source_options, read_source
 from sparkvision.detection.postprocess import DecodeSettings
 
 
-def add_detection_options(parser: argparse.ArgumentParser) -> None:
-    """Post-processing flags shared by ``detect``, ``predict`` (on a detector), ``tile`` and ``serve``."""
+def add_detection_options(parser: argparse.ArgumentParser, score_threshold: float | None = None) -> None:
+    """Post-processing flags shared by ``detect``, ``predict`` (on a detector), ``tile`` and ``serve``.
+
+    ``score_threshold`` replaces the default (``serve`` shows boxes to look at, not boxes for mAP).
+    """
     defaults = DecodeSettings()
     group = parser.add_argument_group("detection")
-    group.add_argument("--score-threshold", type=float, default=defaults.score_threshold, metavar="S",
-                       help="keep boxes scoring at least S, in [0, 1] (default %(default)s: low, as mAP needs; "
-                       "raise it, e.g. 0.3, for boxes to look at)")
+    why = ("low, as mAP needs; raise it, e.g. 0.3, for boxes to look at" if score_threshold is None
+           else "boxes worth looking at; lower it, e.g. 0.05, for recall")
+    group.add_argument("--score-threshold", type=float, metavar="S",
+                       default=defaults.score_threshold if score_threshold is None else score_threshold,
+                       help=f"keep boxes scoring at least S, in [0, 1] (default %(default)s: {why})")
     group.add_argument("--iou-threshold", type=float, default=defaults.iou_threshold, metavar="IOU",
                        help="per-class NMS: drop a box overlapping a better one of its class by more (default %(default)s)")
     group.add_argument("--max-boxes", type=int, default=defaults.max_boxes, metavar="N",

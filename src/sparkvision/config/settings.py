@@ -442,6 +442,11 @@ class ServeSettings(Validated):
     max_pixels: int = 40_000_000
     max_files: int = 16
     top_k: int = 5
+    #: A detector's defaults per request: boxes scoring at least ``score_threshold`` (0.3: boxes
+    #: worth looking at; evaluation keeps 0.05 for mAP), per-class NMS, at most ``max_boxes``.
+    score_threshold: float = 0.3
+    iou_threshold: float = 0.5
+    max_boxes: int = 100
     #: ONNX Runtime threads (None: every core) and threads decoding uploads.
     threads: int | None = None
     decode_workers: int = 2
@@ -455,3 +460,15 @@ class ServeSettings(Validated):
             raise ValueError(f"batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
         if self.max_body_bytes < 1 or self.max_pixels < 1:
             raise ValueError("max_body_bytes and max_pixels must be >= 1")
+        if not (0.0 <= self.score_threshold <= 1.0 and 0.0 < self.iou_threshold <= 1.0 and self.max_boxes >= 1):
+            raise ValueError(f"need score_threshold in [0, 1] (got {self.score_threshold!r}), iou_threshold in "
+                             f"(0, 1] (got {self.iou_threshold!r}) and max_boxes >= 1 (got {self.max_boxes!r})")
+
+    def detection(self, **overrides: float | int | None):
+        """The box decoding of a detector (``overrides`` that are not None replace the defaults)."""
+        from sparkvision.detection.postprocess import DecodeSettings as BoxDecoding
+
+        values = {"score_threshold": self.score_threshold, "iou_threshold": self.iou_threshold,
+                  "max_boxes": self.max_boxes}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return BoxDecoding(**values)

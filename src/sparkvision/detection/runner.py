@@ -43,14 +43,20 @@ class DetectorRunner(OnnxImageRunner):
     def detect_tensor(self, tensor: np.ndarray, sizes: np.ndarray) -> list[Detections]:
         """Detections of a preprocessed batch whose originals were ``sizes`` (width, height) each."""
         boxes, scores = self.run(tensor, list(OUTPUTS))
-        return self._decode(boxes, scores, sizes)
+        return self.decode_outputs(boxes, scores, sizes)
 
-    def _decode(self, boxes: np.ndarray, scores: np.ndarray, sizes: np.ndarray) -> list[Detections]:
+    def decode_outputs(self, boxes: np.ndarray, scores: np.ndarray, sizes: np.ndarray,
+                       settings: DecodeSettings | None = None) -> list[Detections]:
+        """The graph's outputs for images of ``sizes`` (width, height) -> detections in their pixels.
+
+        ``settings`` (default: the runner's) lets a caller such as the server vary thresholds per request.
+        """
         labels = self.labels or []
         if labels and scores.shape[-1] != len(labels):
             raise ImageError(ErrorKind.MODEL,
                              f"the detector gives {scores.shape[-1]} class scores but has {len(labels)} labels")
-        return [decode(b, s, self.settings, letterbox_of(int(w), int(h), self.config))
+        settings = settings or self.settings
+        return [decode(b, s, settings, letterbox_of(int(w), int(h), self.config))
                 for b, s, (w, h) in zip(boxes, scores, sizes, strict=True)]
 
     def detect(self, images: Images) -> RowOutputs[list[Detections]]:
@@ -60,7 +66,7 @@ class DetectorRunner(OnnxImageRunner):
             return rows.with_values([])
         boxes, scores = rows.values
         try:
-            return rows.with_values(self._decode(boxes, scores, rows.sizes))
+            return rows.with_values(self.decode_outputs(boxes, scores, rows.sizes))
         except ImageError as exc:  # the graph disagrees with the card: every row says so
             errors = [exc.message if e is None else e for e in rows.errors]
             return RowOutputs([], np.empty(0, dtype=np.int64), errors, np.empty((0, 2), dtype=np.int64))

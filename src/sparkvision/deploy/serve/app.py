@@ -1,8 +1,12 @@
-"""The HTTP service: one FastAPI app per model directory.
+"""The HTTP service: one FastAPI app per model directory, a classifier or a detector.
 
 ``POST /v1/predict`` takes one or several images (multipart ``files``/``file`` parts,
 or the raw bytes as the body with an ``image/*`` or ``application/octet-stream``
-content type) and answers the top-k classes of each. Every limit is checked before
+content type) and answers, for a classifier, the top-k classes of each (``?top_k=``)
+and, for a detector (card kind ``detector``), the boxes of each in the uploaded image's
+own pixels (``?score_threshold=&iou_threshold=&max_boxes=``, defaults from
+:class:`~sparkvision.config.ServeSettings`), decoded by the one detection decoder
+(:meth:`sparkvision.detection.runner.DetectorRunner.decode_outputs`). Every limit is checked before
 the work it protects: the declared length before reading, the read bytes while
 reading, the pixel count before decoding. Bad requests get a 4xx with a JSON body
 ``{"error": {"code", "message", "files"?}}`` and never a stack trace:
@@ -29,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -44,7 +48,11 @@ from sparkvision.config import DecodeSettings, ServeSettings
 from sparkvision.deploy.serve.batching import MicroBatcher
 from sparkvision.deploy.serve.metrics import ServeMetrics
 from sparkvision.io.errors import ErrorKind, ImageError
+from sparkvision.models.model_dir import load_card
 from sparkvision.models.runner import ClassifierRunner
+
+if TYPE_CHECKING:
+    from sparkvision.detection.runner import DetectorRunner
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +102,43 @@ class PredictResponse(BaseModel):
     predictions: list[ImagePrediction]
 
 
+class Box(BaseModel):
+    """One detection, in pixels of the uploaded image as displayed (EXIF orientation applied)."""
+
+    label: str
+    score: float
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+
+class ImageDetections(BaseModel):
+    filename: str | None
+    #: The uploaded image's displayed size, the frame of its boxes.
+    width: int
+    height: int
+    #: Most confident first.
+    boxes: list[Box]
+
+
+class DetectResponse(BaseModel):
+    model: str
+    version: str
+    task: Literal["detect"] = "detect"
+    #: The decoding this answer used (the server's defaults unless the query set them).
+    score_threshold: float
+    iou_threshold: float
+    max_boxes: int
+    predictions: list[ImageDetections]
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
     kind: str
+    #: "classify" (answers top_k) or "detect" (answers boxes).
+    task: Literal["classify", "detect"]
     architecture: str
     classes: list[str]
     num_classes: int
@@ -111,22 +152,44 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-def model_info(model: ClassifierRunner) -> ModelInfo:
+DETECTOR_OUTPUTS = ("boxes", "scores")
+
+
+def is_detector(model: ClassifierRunner | DetectorRunner) -> bool:
+    return model.card is not None and model.card.kind == "detector"
+
+
+def model_info(model: ClassifierRunner | DetectorRunner) -> ModelInfo:
     card = model.card
     assert card is not None, "the server loads its model from a model directory"
     return ModelInfo(
-        name=card.name, version=model.version, kind=card.kind, architecture=card.architecture,
+        name=card.name, version=model.version, kind=card.kind, task="detect" if is_detector(model) else "classify",
+        architecture=card.architecture,
         classes=list(card.labels), num_classes=len(card.labels), input_size=model.input_shape,
         preprocess=card.preprocess.to_dict(), created=card.created, sparkvision_version=card.sparkvision_version,
     )
 
 
-def load_classifier(model_dir: str | Path, settings: ServeSettings) -> ClassifierRunner:
-    """The model directory's classifier, one ONNX Runtime call per micro-batch, decoding within the pixel limit."""
-    return ClassifierRunner.from_model_dir(
-        model_dir, threads=settings.threads or os.cpu_count() or 1, batch_size=settings.max_batch,
+def load_runner(model_dir: str | Path, settings: ServeSettings) -> ClassifierRunner | DetectorRunner:
+    """The model directory's classifier or detector (by its card's kind), one ONNX Runtime call per
+    micro-batch, decoding within the pixel limit."""
+    options: dict[str, Any] = dict(
+        threads=settings.threads or os.cpu_count() or 1, batch_size=settings.max_batch,
         decode=DecodeSettings(max_pixels=settings.max_pixels) if settings.max_pixels else None,
     )
+    if load_card(model_dir).kind == "detector":
+        # Imported only for a detector: the box operations import torch.
+        from sparkvision.detection.runner import DetectorRunner
+
+        return DetectorRunner.from_model_dir(model_dir, settings=settings.detection(), **options)
+    return ClassifierRunner.from_model_dir(model_dir, **options)
+
+
+def inference(model: ClassifierRunner | DetectorRunner):
+    """What one micro-batch runs: a classifier's probabilities, a detector's raw (boxes, scores)."""
+    if is_detector(model):
+        return lambda tensor: tuple(model.run(tensor, DETECTOR_OUTPUTS))
+    return model.predict_proba
 
 
 # ---------------------------------------------------------------- reading requests
@@ -232,17 +295,18 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        model = load_classifier(model_dir, settings)
-        batcher = MicroBatcher(model.predict_proba, metrics, enabled=settings.batching, max_batch=settings.max_batch,
+        model = load_runner(model_dir, settings)
+        infer = inference(model)
+        batcher = MicroBatcher(infer, metrics, enabled=settings.batching, max_batch=settings.max_batch,
                                window_ms=settings.batch_window_ms)
         decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="sv-decode")
         await batcher.start()
         state.update(model=model, batcher=batcher, decoder=decoder)
         warm = np.zeros((1, *model.input_shape), dtype=np.float32)
-        await asyncio.get_running_loop().run_in_executor(None, model.predict_proba, warm)
+        await asyncio.get_running_loop().run_in_executor(None, infer, warm)
         state["ready"] = True
-        log.info("serving %s (%d classes, version %s), batching %s", model.name, len(model.labels or ()),
-                 model.version, f"on (max {settings.max_batch}, window {settings.batch_window_ms} ms)"
+        log.info("serving %s (%s, %d classes, version %s), batching %s", model.name,
+                 "detector" if is_detector(model) else "classifier", len(model.labels or ()), model.version, f"on (max {settings.max_batch}, window {settings.batch_window_ms} ms)"
                  if settings.batching else "off")
         try:
             yield
@@ -253,7 +317,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
 
     app = FastAPI(
         title="sparkvision", version=__version__, lifespan=lifespan,
-        description="Image classification with a sparkvision model directory.",
+        description="Image classification or object detection with a sparkvision model directory.",
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -269,17 +333,21 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
         log.error("internal error on %s: %s", request.url.path, exc, exc_info=exc)
         return JSONResponse({"error": {"code": "internal", "message": "internal server error"}}, status_code=500)
 
-    def _model() -> ClassifierRunner:
+    def _model() -> ClassifierRunner | DetectorRunner:
         if not state["ready"]:
             raise APIError(503, "not_ready", "the model is still loading")
         return state["model"]
 
-    async def _decode(model: ClassifierRunner, images: list[tuple[str | None, bytes]]) -> np.ndarray:
+    async def _decode(model: ClassifierRunner | DetectorRunner,
+                      images: list[tuple[str | None, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+        """The images as one tensor, and each one's displayed (width, height)."""
         loop = asyncio.get_running_loop()
+        preprocessor = model.preprocessor
 
-        def one(data: bytes) -> np.ndarray | ImageError:
+        def one(data: bytes) -> tuple[np.ndarray, tuple[int, int]] | ImageError:
             try:
-                return model.preprocess_one(data)
+                pixels, size = preprocessor.load_sized(data)
+                return preprocessor.normalize(pixels[None]), size
             except ImageError as exc:
                 return exc
 
@@ -291,19 +359,41 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
                       "message": e.message} for i, e in bad]
             what = "the image" if len(images) == 1 else f"{len(bad)} of {len(images)} images"
             raise APIError(status, code, f"{what} cannot be used: {bad[0][1].message}", files)
-        return np.concatenate(results)  # type: ignore[arg-type]
+        tensors, sizes = zip(*results, strict=True)  # type: ignore[arg-type]
+        return np.concatenate(tensors), np.asarray(sizes, dtype=np.int64)
 
-    @app.post("/v1/predict", response_model=PredictResponse)
+    @app.post("/v1/predict", response_model=PredictResponse | DetectResponse)
     async def predict(
         request: Request,
-        top_k: int = Query(settings.top_k, ge=1, le=1000, description="classes returned per image"),
-    ) -> PredictResponse:
+        top_k: int = Query(settings.top_k, ge=1, le=1000, description="classifier: classes returned per image"),
+        score_threshold: float | None = Query(
+            None, ge=0.0, le=1.0, description=f"detector: keep boxes scoring at least this "
+            f"(default {settings.score_threshold})"),
+        iou_threshold: float | None = Query(
+            None, gt=0.0, le=1.0, description=f"detector: per-class NMS overlap (default {settings.iou_threshold})"),
+        max_boxes: int | None = Query(
+            None, ge=1, le=10_000, description=f"detector: most boxes per image (default {settings.max_boxes})"),
+    ) -> PredictResponse | DetectResponse:
         model = _model()
         images = await read_images(request, settings)
-        tensor = await _decode(model, images)
-        probabilities = await state["batcher"].submit(tensor)
+        tensor, sizes = await _decode(model, images)
+        outputs = await state["batcher"].submit(tensor)
         metrics.images.inc(len(images))
-        tops = model.top_k_of(probabilities, top_k)
+        if is_detector(model):
+            boxes, scores = outputs
+            chosen = settings.detection(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                        max_boxes=max_boxes)
+            # NMS off the event loop, beside image decoding.
+            found = await asyncio.get_running_loop().run_in_executor(
+                state["decoder"], model.decode_outputs, boxes, scores, sizes, chosen)
+            labels = model.labels or [str(i) for i in range(scores.shape[-1])]
+            predictions = [ImageDetections(filename=name, width=int(w), height=int(h),
+                                           boxes=[Box(**r) for r in detections.records(labels)])
+                           for (name, _), (w, h), detections in zip(images, sizes, found, strict=True)]
+            return DetectResponse(model=model.name, version=model.version, score_threshold=chosen.score_threshold,
+                                  iou_threshold=chosen.iou_threshold, max_boxes=chosen.max_boxes,
+                                  predictions=predictions)
+        tops = model.top_k_of(outputs, top_k)
         return PredictResponse(model=model.name, version=model.version, predictions=[
             ImagePrediction(filename=name, prediction=top[0]["label"],
                             top_k=[LabelProbability(**t) for t in top])

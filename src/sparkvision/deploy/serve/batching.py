@@ -7,6 +7,9 @@ next call at once, and no call takes more than ``max_batch`` images (a single la
 request runs alone). Inference runs on one dedicated thread: the event loop only
 queues and hands back arrays, so it keeps accepting requests while the model works.
 With batching off every request is its own call on that same thread.
+
+``infer`` returns one array (a classifier's probabilities) or a tuple of arrays (a
+detector's boxes and scores), each with one row per image; every request gets its rows.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ from sparkvision.deploy.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
 
+Outputs = np.ndarray | tuple[np.ndarray, ...]
+
+
+def _rows(outputs: Outputs, start: int, stop: int) -> Outputs:
+    if isinstance(outputs, tuple):
+        return tuple(out[start:stop] for out in outputs)
+    return outputs[start:stop]
+
 
 @dataclass
 class _Pending:
@@ -32,7 +43,7 @@ class _Pending:
 
 
 class MicroBatcher:
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], metrics: ServeMetrics, *, enabled: bool = True,
+    def __init__(self, infer: Callable[[np.ndarray], Outputs], metrics: ServeMetrics, *, enabled: bool = True,
                  max_batch: int = 32, window_ms: float = 5.0) -> None:
         self.infer = infer
         self.metrics = metrics
@@ -58,7 +69,7 @@ class MicroBatcher:
                 pass
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, tensor: np.ndarray) -> np.ndarray:
+    async def submit(self, tensor: np.ndarray) -> Outputs:
         """Model outputs for ``tensor`` (n, C, H, W), possibly computed together with others."""
         loop = asyncio.get_running_loop()
         if not self.enabled:
@@ -73,7 +84,7 @@ class MicroBatcher:
         await self._queue.put(_Pending(tensor, future))
         return await future
 
-    def _run(self, tensors: list[np.ndarray]) -> np.ndarray:
+    def _run(self, tensors: list[np.ndarray]) -> Outputs:
         """On the inference thread: one ONNX Runtime call over every tensor given."""
         batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
         start = time.perf_counter()
@@ -133,5 +144,5 @@ class MicroBatcher:
             for p in live:
                 n = len(p.tensor)
                 if not p.future.done():
-                    p.future.set_result(outputs[offset:offset + n])
+                    p.future.set_result(_rows(outputs, offset, offset + n))
                 offset += n

@@ -1,0 +1,91 @@
+"""A small trained detector model directory, made in seconds, for tests that need a real one.
+
+A randomly initialised FCOS-Lite (narrow neck and head) learns two synthetic scenes of
+coloured rectangles, one landscape and one portrait, so the letterbox pads on both
+axes. It is trained on exactly what it will be shown, through the model's own
+preprocessing, and exported like ``sparkvision train --task detect`` exports: ONNX with
+outputs ``boxes`` and ``scores`` and a card of kind ``detector``. Built once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ["red", "green"]
+COLOURS = {"red": (230, 30, 30), "green": (30, 210, 60)}
+INPUT = 128
+
+#: (width, height, [(label, (xmin, ymin, xmax, ymax))]) in pixels of the image.
+SCENES = [
+    (240, 160, [("red", (30, 25, 110, 95)), ("green", (150, 60, 215, 140))]),
+    (120, 200, [("green", (15, 20, 95, 85)), ("red", (25, 115, 100, 185))]),
+]
+
+
+def scene_png(index: int, scale: int = 1) -> bytes:
+    """One scene as PNG bytes, ``scale`` times its size: dark background, solid rectangles."""
+    width, height, objects = SCENES[index]
+    pixels = np.full((height * scale, width * scale, 3), 20, np.uint8)
+    for label, (x0, y0, x1, y1) in objects:
+        pixels[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = COLOURS[label]
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def truth(index: int, scale: int = 1) -> dict[str, np.ndarray]:
+    """Label -> its box in pixels of ``scene_png(index, scale)``."""
+    return {label: np.array(box, dtype=float) * scale for label, box in SCENES[index][2]}
+
+
+@functools.cache
+def detector_model_dir(steps: int = 150) -> Path:
+    import torch
+
+    from sparkvision.config import PreprocessConfig
+    from sparkvision.detection.loss import FCOSLoss
+    from sparkvision.detection.runner import letterbox_of
+    from sparkvision.models.efficientnet import EfficientNetLite
+    from sparkvision.models.fcos import DetectorExport, FCOSLite
+    from sparkvision.models.model_dir import ONNX_FILE, ModelCard, save_card
+    from sparkvision.models.onnx_export import export_onnx
+    from sparkvision.preprocess import ImagePreprocessor
+
+    config = PreprocessConfig.preset("inception", size=(INPUT, INPUT), resize_mode="letterbox")
+    batch = ImagePreprocessor(config)([scene_png(i) for i in range(len(SCENES))])
+    assert batch.sizes is not None and len(batch.index) == len(SCENES)
+    boxes, labels = [], []
+    for (width, height, objects), size in zip(SCENES, batch.sizes, strict=True):
+        assert tuple(size) == (width, height)
+        placed = letterbox_of(width, height, config).to_input(np.array([b for _, b in objects], dtype=float))
+        boxes.append(torch.tensor(placed, dtype=torch.float32))
+        labels.append(torch.tensor([CLASSES.index(label) for label, _ in objects]))
+
+    torch.manual_seed(0)
+    model = FCOSLite(EfficientNetLite.from_name("efficientnet-lite0", num_classes=10), num_classes=len(CLASSES),
+                     fpn_channels=32, head_convs=1)
+    x = torch.from_numpy(batch.tensor)
+    loss_fn = FCOSLoss(len(CLASSES), model.strides, model.size_ranges)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for module in model.backbone.modules():  # as training does: batch norms keep their statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    for _ in range(steps):
+        loss, _ = loss_fn(model(x), boxes, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    out = Path(tempfile.mkdtemp(prefix="sv-detector-")) / "tiny-detector"
+    export_onnx(DetectorExport(model.eval(), INPUT, INPUT).eval(), out / ONNX_FILE, (3, INPUT, INPUT),
+                with_features=False, output_names=["boxes", "scores"])
+    save_card(out, ModelCard(name="tiny-detector", kind="detector", labels=list(CLASSES), preprocess=config,
+                             architecture="fcos_lite0", provenance={"note": "tests/detection_helpers.py"}))
+    return out
