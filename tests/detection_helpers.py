@@ -19,7 +19,7 @@ from PIL import Image
 
 CLASSES = ["red", "green"]
 COLOURS = {"red": (230, 30, 30), "green": (30, 210, 60)}
-INPUT = 128
+INPUT = 96
 
 #: (width, height, [(label, (xmin, ymin, xmax, ymax))]) in pixels of the image.
 SCENES = [
@@ -46,11 +46,15 @@ def truth(index: int, scale: int = 1) -> dict[str, np.ndarray]:
 
 @functools.cache
 def detector_model_dir(steps: int = 150) -> Path:
+    """About 30 s of one core: 150 Adam steps at lr 1e-3 reach IoU > 0.9 on every box.
+
+    (At lr 2e-3 and above a box side's ReLU output can die early and never learn.)
+    """
     import torch
 
     from sparkvision.config import PreprocessConfig
     from sparkvision.detection.loss import FCOSLoss
-    from sparkvision.detection.runner import letterbox_of
+    from sparkvision.detection.postprocess import letterbox_of
     from sparkvision.models.efficientnet import EfficientNetLite
     from sparkvision.models.fcos import DetectorExport, FCOSLite
     from sparkvision.models.model_dir import ONNX_FILE, ModelCard, save_card
@@ -67,21 +71,26 @@ def detector_model_dir(steps: int = 150) -> Path:
         boxes.append(torch.tensor(placed, dtype=torch.float32))
         labels.append(torch.tensor([CLASSES.index(label) for label, _ in objects]))
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # reproducible, and no threads spinning on a busy machine
     torch.manual_seed(0)
     model = FCOSLite(EfficientNetLite.from_name("efficientnet-lite0", num_classes=10), num_classes=len(CLASSES),
                      fpn_channels=32, head_convs=1)
     x = torch.from_numpy(batch.tensor)
     loss_fn = FCOSLoss(len(CLASSES), model.strides, model.size_ranges)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for module in model.backbone.modules():  # as training does: batch norms keep their statistics
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
-    for _ in range(steps):
-        loss, _ = loss_fn(model(x), boxes, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    try:
+        for _ in range(steps):
+            loss, _ = loss_fn(model(x), boxes, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
 
     out = Path(tempfile.mkdtemp(prefix="sv-detector-")) / "tiny-detector"
     export_onnx(DetectorExport(model.eval(), INPUT, INPUT).eval(), out / ONNX_FILE, (3, INPUT, INPUT),

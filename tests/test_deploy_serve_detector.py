@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 from deploy_helpers import live_server
-from detection_helpers import CLASSES, SCENES, detector_model_dir, scene_png, truth
+from detection_helpers import CLASSES, INPUT, SCENES, detector_model_dir, scene_png, truth
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -74,7 +74,7 @@ def test_boxes_are_in_the_uploaded_images_pixels_and_equal_the_runners(server):
         best = best_boxes(prediction["boxes"])
         assert set(best) == set(CLASSES)
         for label, box in truth_boxes.items():
-            assert box_iou(best[label][None], box[None])[0, 0] > 0.7, (label, best[label], box)
+            assert box_iou(best[label][None], box[None])[0, 0] > 0.8, (label, best[label], box)
         scores = [b["score"] for b in prediction["boxes"]]
         assert scores == sorted(scores, reverse=True) and min(scores) >= 0.3
 
@@ -84,6 +84,11 @@ def test_boxes_are_in_the_uploaded_images_pixels_and_equal_the_runners(server):
     assert errors == [None, None]
     for prediction, expected in zip(got, records, strict=True):
         assert_same_boxes(prediction["boxes"], expected)
+
+    # The scene at its own size: the model sees nearly the same input, and the boxes come back half as large.
+    small = best_boxes(post(server.url, [("small.png", scene_png(0))]).json()["predictions"][0]["boxes"])
+    for label, box in best_boxes(got[0]["boxes"]).items():
+        assert box == pytest.approx(2 * small[label], abs=6.0), label  # one input pixel is 5 pixels here
 
     # The raw-body form answers like the multipart one.
     raw = httpx.post(f"{server.url}/v1/predict", content=uploads[1][1], headers={"content-type": "image/png"},
@@ -169,6 +174,6 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_boxes(server):
 def test_model_info_says_detect(server):
     info = httpx.get(f"{server.url}/v1/models").json()["models"][0]
     assert info["task"] == "detect" and info["kind"] == "detector"
-    assert info["classes"] == CLASSES and info["num_classes"] == 2 and info["input_size"] == [3, 128, 128]
+    assert info["classes"] == CLASSES and info["num_classes"] == 2 and info["input_size"] == [3, INPUT, INPUT]
     assert info["preprocess"]["resize_mode"] == "letterbox"
     assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"

@@ -72,9 +72,9 @@ def test_page_classifies_an_uploaded_photo_and_reports_a_bad_file(tmp_path):
 def test_page_draws_a_detectors_boxes_over_the_uploaded_image(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    # Twice the scene's size, so the page shows it scaled down (max-height 70vh of 720).
+    # Four times the scene's size (960 x 640), so the page shows it scaled down (max-height 70vh of 720).
     photo = tmp_path / "scene.png"
-    photo.write_bytes(scene_png(0, scale=2))
+    photo.write_bytes(scene_png(0, scale=4))
     palette = {"red": (0xE0, 0x31, 0x31), "green": (0x19, 0x71, 0xC2)}  # the page's first two class colours
 
     with live_server(create_app(detector_model_dir(), ServeSettings(threads=1))) as server, \

@@ -6,9 +6,9 @@ content type) and answers, for a classifier, the top-k classes of each (``?top_k
 and, for a detector (card kind ``detector``), the boxes of each in the uploaded image's
 own pixels (``?score_threshold=&iou_threshold=&max_boxes=``, defaults from
 :class:`~sparkvision.config.ServeSettings`), decoded by the one detection decoder
-(:meth:`sparkvision.detection.runner.DetectorRunner.decode_outputs`). Every limit is checked before
-the work it protects: the declared length before reading, the read bytes while
-reading, the pixel count before decoding. Bad requests get a 4xx with a JSON body
+(:meth:`sparkvision.detection.runner.DetectorRunner.decode_outputs`). Every limit is
+checked before the work it protects: the declared length before reading, the read bytes
+while reading, the pixel count before decoding. Bad requests get a 4xx with a JSON body
 ``{"error": {"code", "message", "files"?}}`` and never a stack trace:
 
 =====  ============================================================================
