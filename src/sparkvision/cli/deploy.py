@@ -228,7 +228,8 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                        help=f"largest image in pixels (default {s.max_pixels:,})")
     serve.add_argument("--max-files", type=int, default=s.max_files,
                        help=f"most images per request (default {s.max_files})")
-    serve.add_argument("--top-k", type=int, default=s.top_k, help=f"a classifier's classes returned by default (default {s.top_k})")
+    serve.add_argument("--top-k", type=int, default=s.top_k,
+                       help=f"a classifier's classes returned by default (default {s.top_k})")
     serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     serve.add_argument("--decode-workers", type=int, default=s.decode_workers,
                        help=f"threads decoding uploads (default {s.decode_workers})")

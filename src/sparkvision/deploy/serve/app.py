@@ -306,7 +306,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None) -> 
         await asyncio.get_running_loop().run_in_executor(None, infer, warm)
         state["ready"] = True
         log.info("serving %s (%s, %d classes, version %s), batching %s", model.name,
-                 "detector" if is_detector(model) else "classifier", len(model.labels or ()), model.version, f"on (max {settings.max_batch}, window {settings.batch_window_ms} ms)"
+                 "detector" if is_detector(model) else "classifier", len(model.labels or ()), model.version,
+                 f"on (max {settings.max_batch}, window {settings.batch_window_ms} ms)"
                  if settings.batching else "off")
         try:
             yield
