@@ -1,10 +1,18 @@
-"""A small trained detector model directory, made in seconds, for tests that need a real one.
+"""Small real detector and screen model directories for tests, built in seconds on the CPU.
 
-A randomly initialised FCOS-Lite (narrow neck and head) learns two synthetic scenes of
-coloured rectangles, one landscape and one portrait, so the letterbox pads on both
-axes. It is trained on exactly what it will be shown, through the model's own
-preprocessing, and exported like ``sparkvision train --task detect`` exports: ONNX with
-outputs ``boxes`` and ``scores`` and a card of kind ``detector``. Built once per process.
+* :func:`detector_model_dir` trains a narrow, randomly initialised FCOS-Lite on two scenes of
+  coloured rectangles, one landscape and one portrait, so the letterbox pads on both axes
+  (the serving tests). It is trained on exactly what it will be shown, through the model's
+  own preprocessing. Built once per process.
+* :func:`scene_detector` fits FCOS-Lite (frozen pretrained EfficientNet-Lite0, a small
+  pyramid and head) on windows of synthetic training scenes: tinted Fashion-MNIST items,
+  classes ``cool`` and ``warm`` (:mod:`sparkvision.testing.synthetic_scenes`).
+* :func:`small_detector` does the same on any same-sized images and boxes you give it.
+* :func:`colour_screen` writes a cheap tile classifier (labels background, object) as a
+  real ONNX graph that passes tiles showing part of an item.
+
+Each is exported exactly like ``sparkvision train --task detect`` exports a detector: ONNX
+with outputs ``boxes`` and ``scores`` and a card of kind ``detector``.
 """
 
 from __future__ import annotations
@@ -13,9 +21,12 @@ import functools
 import io
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from sparkvision.testing.synthetic_scenes import fit_small_detector, train_scene_detector, write_colour_screen
 
 CLASSES = ["red", "green"]
 COLOURS = {"red": (230, 30, 30), "green": (30, 210, 60)}
@@ -98,3 +109,27 @@ def detector_model_dir(steps: int = 150) -> Path:
     save_card(out, ModelCard(name="tiny-detector", kind="detector", labels=list(CLASSES), preprocess=config,
                              architecture="fcos_lite0", provenance={"note": "tests/detection_helpers.py"}))
     return out
+
+
+def _one_thread() -> None:
+    # On a busy shared machine, torch's spinning worker threads cost more than they give.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def scene_detector(model_dir: str | Path, size: int = 128, **options: Any) -> dict[str, Any]:
+    """A detector of detection-scene items on ``size`` px tiles; returns its training metrics."""
+    _one_thread()
+    return train_scene_detector(model_dir, size=size, **options)
+
+
+def small_detector(model_dir: str | Path, images: np.ndarray, boxes: list[np.ndarray], classes: list[np.ndarray],
+                   labels: list[str], **options: Any) -> dict[str, Any]:
+    """A detector fitted on uint8 (N, H, W, 3) ``images`` with (x1, y1, x2, y2) ``boxes`` and class indices."""
+    _one_thread()
+    return fit_small_detector(model_dir, images, boxes, classes, labels, **options)
+
+
+def colour_screen(model_dir: str | Path, size: int = 128) -> Path:
+    return write_colour_screen(model_dir, size)

@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict
 
 from sparkvision.cli.common import Summary, UsageError, emit, spark_from_args
+from sparkvision.cli.detect import add_detection_options
 from sparkvision.config import HeatmapSettings, TilingSettings
 from sparkvision.progress import spark_progress
 
@@ -69,6 +70,10 @@ def tiling_settings(args: argparse.Namespace) -> TilingSettings:
 def _tile(args: argparse.Namespace) -> int:
     from sparkvision.tiling.tiles import list_sources, tile, write_tiles
 
+    if args.model is not None:
+        return _tile_detect(args)
+    if args.screen is not None:
+        raise UsageError("--screen picks the tiles a detector runs on: give the detector with --model")
     settings = tiling_settings(args)
     spark = spark_from_args(args)
     sources = list_sources(spark, args.src, glob=args.glob)
@@ -89,6 +94,56 @@ def _tile_summary(r: dict) -> Summary:
          ("source errors", r["source_errors"]), ("per level", {k: v.get("tiles") for k, v in r["per_level"].items()}
                                                  if r.get("per_level") else None)],
         [f"sparkvision heatmap --tiles {r['out']} --model MODEL_DIR --out RESULTS"],
+    )
+
+
+def _tile_detect(args: argparse.Namespace) -> int:
+    """``tile --model DETECTOR``: boxes per image in global pixels, optionally behind a screen."""
+    import time
+
+    from sparkvision.cli.detect import detection_settings
+    from sparkvision.tiling.detect import (
+        ScreenSettings,
+        check_models,
+        detect_large_images,
+        write_tile_detections,
+    )
+    from sparkvision.tiling.merge import MergeSettings
+    from sparkvision.tiling.tiles import list_sources
+
+    settings = tiling_settings(args)
+    decode = detection_settings(args)  # bad thresholds and models stop here, before Spark starts
+    merge = MergeSettings(iou_threshold=decode.iou_threshold, ios_threshold=args.merge_ios)
+    labels = tuple(name.strip() for value in args.screen_label or [] for name in value.split(",") if name.strip())
+    screen = ScreenSettings(threshold=args.screen_threshold, labels=labels or None)
+    check_models(args.model, args.screen, screen)
+    spark = spark_from_args(args)
+    started = time.perf_counter()
+    sources = list_sources(spark, args.src, glob=args.glob)
+    images = detect_large_images(sources, args.model, settings, decode, merge, args.screen, screen,
+                                 batch_size=args.batch_size)
+    summary = write_tile_detections(
+        spark, images, sources, args.out, args.model, overwrite=args.overwrite,
+        extra={"model": args.model, "screen": args.screen,
+               "settings": {"tiling": asdict(settings), "decode": asdict(decode), "merge": asdict(merge),
+                            "screen": asdict(screen) if args.screen else None}},
+    )
+    summary["seconds"] = time.perf_counter() - started
+    log.info("%d images, %d boxes from %d tiles (%d detected, %d screened out, %d background, %d errors) in %s",
+             summary["images"], summary["boxes"], summary["tiles"], summary["detected"], summary["screened_out"],
+             summary["background"], summary["tile_errors"], args.out)
+    emit(summary, _tile_detect_summary)
+    return 0
+
+
+def _tile_detect_summary(r: dict) -> Summary:
+    return Summary(
+        f"{r['images']:,} images, {r['boxes']:,} boxes from {r['tiles']:,} tiles in {r['out']}",
+        [("boxes per class", r["boxes_per_class"] or None), ("tiles detected", r["detected"]),
+         ("screened out", r["screened_out"] if r.get("screen") else None),
+         ("detector seconds saved", round(r["net_seconds_saved"], 1) if r.get("screen") else None),
+         ("background", r["background"]), ("tile errors", r["tile_errors"]), ("errors", r["error_kinds"] or None)],
+        [f"sparkvision evaluate --task detect --predictions {r['out']} --truth SRC --out REPORT_DIR"],
     )
 
 
@@ -147,15 +202,41 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     tile_cmd = subparsers.add_parser(
         "tile",
         parents=common,
-        help="cut (huge) images into overlapping tiles with global coordinates",
+        help="cut (huge) images into overlapping tiles with global coordinates; or detect objects on them",
         description="Cut every image of SRC into overlapping SIZE x SIZE tiles (optionally at several pyramid "
         "levels) and write them as a Parquet tile dataset: one row per tile with its source, page, level and "
         "x, y, w, h in full-resolution pixels. Tiled/striped TIFF is read region by region, PNG streamed, "
-        "DICOM windowed; a source that cannot be read is one error row. Prints the counts.",
+        "DICOM windowed; a source that cannot be read is one error row. Prints the counts. With --model "
+        "DETECTOR, runs the detector on the tiles (behind an optional --screen classifier) and writes boxes "
+        "per image in global pixels instead.",
     )
     tile_cmd.add_argument("src", help="an image file, a folder, a Hadoop URI, a sparkvision dataset or a built-in name")
     tile_cmd.add_argument("--out", required=True, help="output tile dataset directory")
     tile_cmd.add_argument("--overwrite", action="store_true", help="replace an existing output (atomically)")
+    group = tile_cmd.add_argument_group(
+        "detection on tiles",
+        "With --model DETECTOR the output is not tiles but one Parquet row per image: path, label, boxes "
+        "(label, score, xmin, ymin, xmax, ymax in full-resolution pixels), error, and tile counts. Boxes of "
+        "one object seen by several tiles are merged (global per-class NMS, and fragments cut by a tile edge "
+        "joined to the whole box); keep --overlap at least the largest object's size so each object is "
+        "whole in some tile.",
+    )
+    group.add_argument("--model", default=None, metavar="DETECTOR",
+                       help="a detector model directory: run it on every tile and write boxes per image")
+    group.add_argument("--screen", default=None, metavar="CLASSIFIER",
+                       help="a cheap classifier model directory run on every tile first; the detector only "
+                       "runs on tiles that pass")
+    group.add_argument("--screen-threshold", type=float, default=0.5, metavar="T",
+                       help="a tile passes when the screen's probability of the interesting labels (summed) is "
+                       "at least T (default %(default)s; lower it to miss fewer objects)")
+    group.add_argument("--screen-label", action="append", default=None, metavar="LABEL",
+                       help="a screen label that means 'look here' (repeatable, or comma-separated; default: "
+                       "every label except 'background')")
+    group.add_argument("--merge-ios", type=float, default=0.6, metavar="F",
+                       help="a box cut by a tile edge is part of a same-class box covering more than F of it "
+                       "(intersection over the smaller box; default %(default)s)")
+    group.add_argument("--batch-size", type=int, default=16, metavar="N", help="tiles per model call")
+    add_detection_options(tile_cmd)
     add_tiling_options(tile_cmd)
     tile_cmd.set_defaults(handler=_tile)
 

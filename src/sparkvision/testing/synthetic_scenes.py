@@ -40,6 +40,7 @@ class PlacedObject:
     item: np.ndarray = field(repr=False)  # uint8 (s, s): the item scaled up (1 byte a pixel: big scenes stay small)
     tint: tuple[float, float, float]
     box: tuple[int, int, int, int]  # tight (x, y, w, h) of the visible item
+    label: str = "object"
 
     @property
     def size(self) -> int:
@@ -64,6 +65,10 @@ class SceneSpec:
     @property
     def boxes(self) -> list[tuple[int, int, int, int]]:
         return [o.box for o in self.objects]
+
+    @property
+    def labels(self) -> list[str]:
+        return [o.label for o in self.objects]
 
 
 #: Fashion-MNIST classes with solid silhouettes (t-shirt, pullover, dress, coat, shirt, bag,
@@ -323,3 +328,239 @@ def train_object_classifier(
     save_card(model_dir, card)
     log.info("tile classifier saved to %s: %s", model_dir, metrics)
     return metrics
+
+
+# --------------------------------------------------------------------------- detection scenes
+
+#: Classes of detection scenes, told apart by colour (RGB tint ranges): a detector must say
+#: which, not only where. Their spread between channels (over 110 of 255 where an item is
+#: opaque) is far above the terrain's (under 90), which :func:`write_colour_screen` keys on.
+DETECTION_TINTS: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {
+    "warm": ((215, 255), (40, 100), (20, 60)),
+    "cool": ((20, 60), (70, 130), (215, 255)),
+}
+
+
+def interior_edges(length: int, size: int, overlap: float) -> list[int]:
+    """Where tiles of :func:`sparkvision.tiling.grid.grid` start or end inside an image side
+    of ``length`` pixels (level 0): the lines an object can straddle."""
+    from sparkvision.tiling.grid import grid
+
+    xs = grid(length, 1, size, overlap).xs
+    return sorted({x for x in xs if x > 0} | {x + size for x in xs if x + size < length})
+
+
+def make_detection_scene(
+    width: int,
+    height: int,
+    n_objects: int,
+    seed: int = 0,
+    part: str = "test",
+    object_size: tuple[int, int] = (24, 40),
+    gap: int = 12,
+    tiles: tuple[int, float] | None = None,
+    straddling: float = 0.5,
+) -> SceneSpec:
+    """Small items of the :data:`DETECTION_TINTS` classes at random places, ``gap`` pixels apart.
+
+    With ``tiles=(size, overlap)``, about a ``straddling`` fraction of them is centred on an
+    interior edge of that tile grid (a vertical one, a horizontal one, or a corner): the
+    objects that one tile sees whole and its neighbour sees cut, which tiled detection
+    must report once.
+    """
+    rng = np.random.default_rng(seed)
+    items = fashion_items(part)
+    names = sorted(DETECTION_TINTS)
+    edges_x = interior_edges(width, *tiles) if tiles else []
+    edges_y = interior_edges(height, *tiles) if tiles else []
+    placed: list[PlacedObject] = []
+    attempts = 0
+    while len(placed) < n_objects:
+        attempts += 1
+        if attempts > 500 * n_objects:
+            raise ValueError(f"cannot place {n_objects} objects of {object_size} px in {width}x{height}")
+        size = int(rng.integers(object_size[0], object_size[1] + 1))
+        x, y = int(rng.integers(0, width - size + 1)), int(rng.integers(0, height - size + 1))
+        if edges_x and rng.random() < straddling:
+            jx, jy = (int(v) for v in rng.integers(-size // 5, size // 5 + 1, size=2))
+            across = rng.choice(["x", "y", "xy"])
+            if "x" in across:
+                x = min(max(0, int(rng.choice(edges_x)) - size // 2 + jx), width - size)
+            if "y" in across and edges_y:
+                y = min(max(0, int(rng.choice(edges_y)) - size // 2 + jy), height - size)
+        if any(x < o.x + o.size + gap and o.x < x + size + gap and y < o.y + o.size + gap and o.y < y + size + gap
+               for o in placed):
+            continue
+        label = names[int(rng.integers(len(names)))]
+        big, _, (bx, by, bw, bh) = _object(items[int(rng.integers(len(items)))], size, rng)
+        tint = tuple(float(rng.uniform(lo, hi)) for lo, hi in DETECTION_TINTS[label])
+        placed.append(PlacedObject(x, y, big, tint, (x + bx, y + by, bw, bh), label))
+    return SceneSpec(width, height, seed, placed)
+
+
+def detection_windows(
+    spec: SceneSpec, image: np.ndarray, size: int, count: int, rng: np.random.Generator, min_visible: float = 0.6
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """``count`` windows of ``size`` px cut from a rendered scene, with boxes (x1, y1, x2, y2) in
+    window pixels and class indices (sorted :data:`DETECTION_TINTS` order).
+
+    Most windows are drawn near an object, which may end up cut by the window's edge, as
+    objects are in tiles; a cut object is a box when at least ``min_visible`` of it shows.
+    """
+    names = sorted(DETECTION_TINTS)
+    pixels = np.empty((count, size, size, 3), dtype=np.uint8)
+    boxes: list[np.ndarray] = []
+    classes: list[np.ndarray] = []
+    for k in range(count):
+        if spec.objects and rng.random() < 0.8:
+            obj = spec.objects[int(rng.integers(len(spec.objects)))]
+            x = int(rng.integers(obj.x - size + obj.size // 2, obj.x + obj.size // 2))
+            y = int(rng.integers(obj.y - size + obj.size // 2, obj.y + obj.size // 2))
+        else:
+            x, y = int(rng.integers(0, spec.width - size)), int(rng.integers(0, spec.height - size))
+        x, y = min(max(0, x), spec.width - size), min(max(0, y), spec.height - size)
+        pixels[k] = image[y:y + size, x:x + size]
+        found, labels = [], []
+        for obj in spec.objects:
+            bx, by, bw, bh = obj.box
+            x1, y1 = max(bx, x), max(by, y)
+            x2, y2 = min(bx + bw, x + size), min(by + bh, y + size)
+            if x2 > x1 and y2 > y1 and (x2 - x1) * (y2 - y1) >= min_visible * bw * bh:
+                found.append([x1 - x, y1 - y, x2 - x, y2 - y])
+                labels.append(names.index(obj.label))
+        boxes.append(np.asarray(found, dtype=np.float32).reshape(-1, 4))
+        classes.append(np.asarray(labels, dtype=np.int64))
+    return pixels, boxes, classes
+
+
+def fit_small_detector(
+    model_dir: str | Path,
+    images: np.ndarray,
+    boxes: list[np.ndarray],
+    classes: list[np.ndarray],
+    labels: list[str],
+    steps: int = 300,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    fpn_channels: int = 32,
+    head_convs: int = 1,
+    seed: int = 0,
+    name: str = "small-detector",
+) -> dict[str, Any]:
+    """A real FCOS-Lite detector model directory in seconds, for tests and benchmarks.
+
+    The pretrained EfficientNet-Lite0 backbone stays frozen, so its features of the
+    uint8 (N, H, W, 3) ``images`` are computed once and only the feature pyramid and
+    head learn (Adam, ``steps`` batches). The result is exported exactly as
+    ``sparkvision train --task detect`` exports a detector (DetectorExport, outputs
+    ``boxes`` and ``scores``, card kind ``detector`` with letterbox preprocessing), and
+    runs through the same runner and decoder. Real training is ``sparkvision train``.
+    """
+    import torch
+
+    from sparkvision.config import PreprocessConfig
+    from sparkvision.detection.loss import FCOSLoss
+    from sparkvision.models.efficientnet import build
+    from sparkvision.models.fcos import DetectorExport, FCOSLite
+    from sparkvision.models.model_dir import ONNX_FILE, ModelCard, save_card
+    from sparkvision.models.onnx_export import export_onnx
+    from sparkvision.preprocess import Normalizer
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n, height, width, _ = images.shape
+    preprocess = PreprocessConfig.preset("inception", size=(height, width), resize_mode="letterbox")
+    model = FCOSLite(build(pretrained=True), len(labels), fpn_channels, head_convs).eval()
+    for param in model.backbone.parameters():
+        param.requires_grad_(False)
+    normalize = Normalizer(preprocess.mean, preprocess.std)
+    with torch.no_grad():
+        chunks = [model.backbone(torch.from_numpy(normalize(images[i:i + 32]))) for i in range(0, n, 32)]
+    features = [torch.cat(level) for level in zip(*chunks, strict=True)]
+    box_tensors = [torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1, 4)) for b in boxes]
+    class_tensors = [torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in classes]
+    loss_fn = FCOSLoss(len(labels), model.strides, model.size_ranges)
+    trained = [*model.fpn.parameters(), *model.head.parameters()]
+    optimizer = torch.optim.Adam(trained, lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.fpn.train()
+    model.head.train()
+    losses: list[float] = []
+    for _ in range(steps):
+        pick = rng.choice(n, size=min(batch_size, n), replace=False)
+        index = torch.from_numpy(pick)
+        outputs = model.head(model.fpn([f[index] for f in features]), model.strides)
+        loss, _ = loss_fn(outputs, [box_tensors[i] for i in pick], [class_tensors[i] for i in pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    model_dir = Path(model_dir)
+    export_onnx(DetectorExport(model, height, width).eval(), model_dir / ONNX_FILE, (3, height, width),
+                with_features=False, output_names=["boxes", "scores"])
+    metrics = {"images": int(n), "boxes": int(sum(len(b) for b in boxes)), "steps": steps,
+               "first_loss": float(np.mean(losses[:10])), "last_loss": float(np.mean(losses[-10:]))}
+    save_card(model_dir, ModelCard(
+        name=name, kind="detector", labels=list(labels), preprocess=preprocess,
+        architecture=f"fcos_lite0 (frozen backbone, fpn {fpn_channels}, head convs {head_convs})",
+        provenance={"trainer": "sparkvision.testing.synthetic_scenes.fit_small_detector", "seed": seed}, metrics=metrics,
+    ))
+    log.info("small detector saved to %s: %s", model_dir, metrics)
+    return metrics
+
+
+def train_scene_detector(
+    model_dir: str | Path,
+    size: int = 128,
+    scenes: int = 3,
+    scene_size: int = 768,
+    n_objects: int = 24,
+    windows: int = 160,
+    steps: int = 200,
+    seed: int = 301,
+) -> dict[str, Any]:
+    """Fit a detector of the :data:`DETECTION_TINTS` classes on windows of ``size`` px from
+    training scenes (their own seeds and terrains, Fashion-MNIST's training items)."""
+    rng = np.random.default_rng(seed)
+    parts: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]] = []
+    for index in range(scenes):
+        spec = make_detection_scene(scene_size, scene_size, n_objects, seed=seed + index, part="train")
+        parts.append(detection_windows(spec, render(spec), size, -(-windows // scenes), rng))
+    pixels = np.concatenate([p[0] for p in parts])
+    boxes = [b for p in parts for b in p[1]]
+    classes = [c for p in parts for c in p[2]]
+    return fit_small_detector(model_dir, pixels, boxes, classes, sorted(DETECTION_TINTS), steps=steps, seed=seed,
+                              name="scene-item-detector")
+
+
+def write_colour_screen(model_dir: str | Path, size: int, threshold: float = 110.5 / 255) -> Path:
+    """A cheap tile screen as a real ONNX classifier: ``object`` where some pixel's channels
+    spread by more than ``threshold`` (0-1 units), else ``background``.
+
+    Detection-scene items are strongly tinted and the terrain is not, so it passes every
+    tile that shows part of an item. The graph is a tiny torch module exported by
+    ``torch.onnx.export``; its card (kind ``onnx``, labels background, object) is a
+    classifier's like any other, so it runs through the same runner.
+    """
+    import torch
+
+    from sparkvision.config import PreprocessConfig
+    from sparkvision.models.model_dir import ONNX_FILE, ModelCard, save_card
+    from sparkvision.models.onnx_export import export_onnx
+
+    class ColourScreen(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 3, H, W) in [0, 1]
+            spread = (x.amax(dim=1) - x.amin(dim=1)).flatten(1).amax(dim=1, keepdim=True)
+            z = (spread - threshold) * 50.0
+            return torch.cat([-z, z], dim=1)
+
+    model_dir = Path(model_dir)
+    export_onnx(ColourScreen(), model_dir / ONNX_FILE, (3, size, size), with_features=False)
+    save_card(model_dir, ModelCard(
+        name="colour-screen", kind="onnx", labels=[BACKGROUND, OBJECT],
+        preprocess=PreprocessConfig.preset("unit", size=(size, size), resize_mode="resize"),
+        architecture="max channel spread vs a threshold", provenance={"threshold": threshold},
+    ))
+    return model_dir
