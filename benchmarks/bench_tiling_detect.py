@@ -41,7 +41,7 @@ TILE, OVERLAP = 256, 0.2
 
 
 def _score(rows, spec) -> dict:
-    """Class-aware recall at IoU 0.5 and duplicates (boxes lying mostly inside an object beyond its first)."""
+    """Class-aware recall at IoU 0.5 and duplicates (boxes of an object's class lying mostly inside it, beyond the first)."""
     import numpy as np
 
     from sparkvision.detection.boxes import box_iou
@@ -55,7 +55,7 @@ def _score(rows, spec) -> dict:
     rb = np.minimum(truth[:, None, 2:], found[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(axis=2)
     area = (found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1])
-    inside = inter >= 0.5 * area[None, :]
+    inside = (inter >= 0.5 * area[None, :]) & same
     return {"objects": len(truth), "boxes": len(found), "recall_iou50": float(((iou >= 0.5) & same).any(axis=1).mean()),
             "duplicates": int(np.clip(inside.sum(axis=1) - 1, 0, None).sum())}
 
@@ -63,9 +63,9 @@ def _score(rows, spec) -> dict:
 def _detect(spark, scene: Path, out: Path, detector: Path, screen: Path | None) -> dict:
     from sparkvision.config import TilingSettings
     from sparkvision.detection.postprocess import DecodeSettings
+    from sparkvision.testing.profile import WorkerPeaks
     from sparkvision.tiling.detect import ScreenSettings, detect_large_images, write_tile_detections
     from sparkvision.tiling.merge import MergeSettings
-    from sparkvision.testing.profile import WorkerPeaks
     from sparkvision.tiling.tiles import list_sources
 
     settings = TilingSettings(size=TILE, overlap=OVERLAP)

@@ -76,8 +76,8 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from sparkvision.detection.postprocess import DecodeSettings
 from sparkvision import storage
+from sparkvision.detection.postprocess import DecodeSettings
 from sparkvision.io.errors import ErrorKind, error_kind
 from sparkvision.ml.detector import BOX_TYPE, BOXES_TYPE
 from sparkvision.tiling.merge import (
