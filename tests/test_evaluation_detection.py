@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from report_browser import assert_real_picture, offline_page
 
 from sparkvision.config import DetectionEvaluationSettings
 from sparkvision.evaluation.detection_metrics import (
@@ -37,11 +38,6 @@ BCCD = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "
 CLASSES = ["Platelets", "RBC", "WBC"]
 BOX_TYPE = "array<struct<label:string,score:double,xmin:double,ymin:double,xmax:double,ymax:double>>"
 OBJECT_TYPE = "array<struct<label:string,xmin:double,ymin:double,xmax:double,ymax:double,difficult:boolean>>"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 
 
 # --------------------------------------------------------------------------- data
@@ -485,8 +481,6 @@ def test_spark_path_equals_the_pure_result(spark, bccd_truth):
 
 @pytest.mark.browser
 def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, cli, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from sparkvision.evaluation.detection import load_truth
 
     # The truth is the real VOC test list, read by the VOC source; predictions are made from its rows.
@@ -513,38 +507,24 @@ def test_evaluate_detect_cli_writes_metrics_and_a_report_that_renders(spark, cli
     assert printed["task"] == "detect" and printed["source"]["truth"] == voc_test
     assert set(printed["pr_curves"]) == set(CLASSES)
 
-    shot = out / "report.png"
-    remote: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("request", lambda req: remote.append(req.url)
-                    if not req.url.startswith(("file:", "data:")) else None)
-            page.goto((out / "report.html").as_uri())
-            page.wait_for_load_state("load")
-            curves = page.locator("#pr-curves-img")
-            curves.scroll_into_view_if_needed()
-            assert curves.is_visible() and curves.evaluate("img => img.complete && img.naturalWidth") > 300
-            assert page.locator("#per-class-table tbody tr").count() == 3
-            thumbs = page.locator("#gallery img.thumb")
-            assert thumbs.count() == 6
-            widths = thumbs.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-            assert all(w == 480 for w in widths), widths  # 640 x 480 photos drawn at 480 px
-            captions = page.locator("#gallery figcaption").all_inner_texts()
-            f1 = [float(c.split("F1 ")[1].split()[0]) for c in captions]
-            assert f1 == sorted(f1)  # worst first
-            summary = page.locator("#summary").inner_text()
-            assert "mAP@[.5:.95]" in summary and "whose prediction failed" in summary
-            page.screenshot(path=str(shot), full_page=True)
-            page.locator("#gallery").screenshot(path=str(out / "gallery.png"))
-        finally:
-            browser.close()
-    assert remote == []
+    with offline_page(out / "report.html") as page:
+        curves = page.locator("#pr-curves-img")
+        curves.scroll_into_view_if_needed()
+        assert curves.is_visible() and curves.evaluate("img => img.complete && img.naturalWidth") > 300
+        assert page.locator("#per-class-table tbody tr").count() == 3
+        thumbs = page.locator("#gallery img.thumb")
+        assert thumbs.count() == 6
+        widths = thumbs.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        assert all(w == 480 for w in widths), widths  # 640 x 480 photos drawn at 480 px
+        captions = page.locator("#gallery figcaption").all_inner_texts()
+        f1 = [float(c.split("F1 ")[1].split()[0]) for c in captions]
+        assert f1 == sorted(f1)  # worst first
+        summary = page.locator("#summary").inner_text()
+        assert "mAP@[.5:.95]" in summary and "whose prediction failed" in summary
+        page.screenshot(path=str(out / "report.png"), full_page=True)
+        page.locator("#gallery").screenshot(path=str(out / "gallery.png"))
     for name, min_colours in (("report.png", 50), ("gallery.png", 200)):
-        pixels = np.asarray(Image.open(out / name).convert("RGB"))
-        assert pixels.std() > 10, name
-        assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > min_colours, name
+        assert_real_picture(out / name, min_colours)
     # The drawn boxes are there: the gallery holds the colours of missed (amber) and predicted (blue) boxes.
     gallery = np.asarray(Image.open(out / "gallery.png").convert("RGB")).reshape(-1, 3).astype(int)
     for colour in ((0xF5, 0x9E, 0x0B), (0x25, 0x63, 0xEB)):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from report_browser import assert_real_picture, offline_page
 
 from sparkvision.cli.main import main
 from sparkvision.evaluation.report import load_result
@@ -26,11 +26,6 @@ from sparkvision.evaluation.thumbnails import thumbnails
 from sparkvision.models.model_dir import load_card
 from sparkvision.training.engine import CURVE_COLUMNS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 VAL_PER_CLASS = 16
 
 
@@ -97,49 +92,31 @@ def test_evaluate_prints_and_writes_the_metrics(report, imagenette_model):
 
 
 def test_report_opens_in_chromium_with_heat_map_and_gallery(report, imagenette_model):
-    from playwright.sync_api import sync_playwright
-
-    html_path = report["dir"] / "report.html"
-    shot = report["dir"] / "report.png"
-    remote: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("request", lambda req: remote.append(req.url)
-                    if not req.url.startswith(("file:", "data:")) else None)
-            page.goto(html_path.as_uri())
-            page.wait_for_load_state("load")
-            heat = page.locator("#confusion-img")
-            heat.scroll_into_view_if_needed()
-            assert heat.is_visible()
-            assert heat.evaluate("img => img.complete && img.naturalWidth") > 200
-            thumbs = page.locator("#gallery img.thumb")
-            expected = sum(1 for _, r in imagenette_model["rows"].iterrows()
-                           if r["error"] is None and r["label"] is not None and r["label"] != r["prediction"])
-            assert thumbs.count() == min(8, expected) > 0
-            widths = thumbs.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-            assert all(w > 0 for w in widths), widths
-            thumbs.first.scroll_into_view_if_needed()
-            assert thumbs.first.is_visible()
-            captions = page.locator("#gallery figcaption").all_inner_texts()
-            assert all("true:" in c and "predicted:" in c for c in captions)
-            for ident in ("#reliability-img", "#curves-img"):
-                assert page.locator(ident).evaluate("img => img.naturalWidth") > 0, ident
-            curves_note = page.locator("#curves").inner_text()
-            assert all(column in curves_note for column in CURVE_COLUMNS)
-            assert page.locator("#per-class-table tbody tr").count() == 10
-            page.screenshot(path=str(shot), full_page=True)
-            heat.screenshot(path=str(report["dir"] / "heatmap.png"))
-            page.locator("#gallery").screenshot(path=str(report["dir"] / "gallery.png"))
-        finally:
-            browser.close()
-    assert remote == []  # self-contained: nothing fetched from anywhere
+    with offline_page(report["dir"] / "report.html") as page:
+        heat = page.locator("#confusion-img")
+        heat.scroll_into_view_if_needed()
+        assert heat.is_visible()
+        assert heat.evaluate("img => img.complete && img.naturalWidth") > 200
+        thumbs = page.locator("#gallery img.thumb")
+        expected = sum(1 for _, r in imagenette_model["rows"].iterrows()
+                       if r["error"] is None and r["label"] is not None and r["label"] != r["prediction"])
+        assert thumbs.count() == min(8, expected) > 0
+        widths = thumbs.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        assert all(w > 0 for w in widths), widths
+        thumbs.first.scroll_into_view_if_needed()
+        assert thumbs.first.is_visible()
+        captions = page.locator("#gallery figcaption").all_inner_texts()
+        assert all("true:" in c and "predicted:" in c for c in captions)
+        for ident in ("#reliability-img", "#curves-img"):
+            assert page.locator(ident).evaluate("img => img.naturalWidth") > 0, ident
+        curves_note = page.locator("#curves").inner_text()
+        assert all(column in curves_note for column in CURVE_COLUMNS)
+        assert page.locator("#per-class-table tbody tr").count() == 10
+        page.screenshot(path=str(report["dir"] / "report.png"), full_page=True)
+        heat.screenshot(path=str(report["dir"] / "heatmap.png"))
+        page.locator("#gallery").screenshot(path=str(report["dir"] / "gallery.png"))
     for name, min_colours in (("report.png", 50), ("heatmap.png", 20), ("gallery.png", 200)):
-        pixels = np.asarray(Image.open(report["dir"] / name).convert("RGB"))
-        assert pixels.std() > 10, name  # not blank
-        colours = len(np.unique(pixels.reshape(-1, 3)[::7], axis=0))
-        assert colours > min_colours, (name, colours)  # real plot / photo content, not flat boxes
+        assert_real_picture(report["dir"] / name, min_colours)  # real plot / photo content, not flat boxes
 
 
 def test_compare_lines_up_reports(report, imagenette_model, tmp_path, spark, capsys):

@@ -12,40 +12,37 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 from PIL import Image, ImageDraw, ImageFont
 
-from sparkvision import __version__
 from sparkvision.config import DecodeSettings, DetectionEvaluationSettings, EvaluationSettings
 from sparkvision.evaluation.detection_metrics import DetectionResult, OperatingPoint
 
 # report selects matplotlib's Agg backend before any figure is drawn.
 from sparkvision.evaluation.report import (
-    _CSS,
-    METRICS_FILE,
-    REPORT_FILE,
+    _bar,
+    _curves_section,
+    _figure,
     _fmt,
     _img_section,
+    _page,
     _pct,
     _png,
-    plot_curves,
-    read_curves,
+    _source_line,
+    _summary_section,
+    _write_files,
+    model_name,
+    training_curves,
 )
 from sparkvision.evaluation.thumbnails import read_image_bytes
 from sparkvision.io.decode import decode_image, probe_image
 from sparkvision.io.errors import ImageError
 from sparkvision.preprocess.color import to_model_mode
-from sparkvision.storage import atomic_write
-
-log = logging.getLogger(__name__)
 
 #: Box colours: true boxes found / missed / difficult; predicted true positives / false positives / ignored.
 COLOURS = {
@@ -218,8 +215,6 @@ def _summary_html(r: DetectionResult) -> str:
         ("predicted boxes", _fmt(r.predictions)),
         ("images with errors", _fmt(r.image_status.get("prediction_error", 0))),
     ]
-    body = "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{html.escape(k)}</div></div>'
-                   for k, v in cards)
     s = r.image_status
     notes = [
         f"{r.images:,} images: {r.evaluated_images:,} judged ({s.get('ok', 0):,} with boxes, "
@@ -254,14 +249,7 @@ def _summary_html(r: DetectionResult) -> str:
         f"Scores are rounded to {r.settings.get('score_resolution')}; boxes of equal score count as one step "
         "of the curve."
     )
-    items = "".join(f"<li>{n}</li>" for n in notes)
-    return f'<section id="summary"><h2>Summary</h2><div class="cards">{body}</div><ul class="notes">{items}</ul></section>'
-
-
-def _bar(value: float | None) -> str:
-    if value is None:
-        return "<td>n/a</td>"
-    return f'<td class="bar"><i style="width:{100 * value:.1f}%"></i><span>{value:.4f}</span></td>'
+    return _summary_section(cards, notes)
 
 
 def _per_class_html(r: DetectionResult) -> str:
@@ -300,17 +288,12 @@ def _gallery_html(items: Sequence[DetectionGalleryItem], threshold: float) -> st
     if not items:
         return ('<section id="gallery"><h2>Worst images</h2>'
                 '<p class="notes">No judged image with predictions to show.</p></section>')
-    figures = []
-    for item in items:
-        if item.data_uri:
-            image = f'<img class="thumb" alt="{html.escape(item.path)}" src="{item.data_uri}">'
-        else:
-            image = f'<div class="missing">no image: {html.escape(item.error or "unreadable")}</div>'
-        figures.append(
-            f'<figure>{image}<figcaption><div>F1 {item.f1:.3f} · <span class="t">{item.tp} found</span> · '
-            f'<span class="p">{item.fn} missed · {item.fp} false</span></div>'
-            f'<div class="path">{html.escape(item.path)}</div></figcaption></figure>'
-        )
+    figures = [
+        _figure(item.path, item.data_uri, item.error, "no image",
+                f'<div>F1 {item.f1:.3f} · <span class="t">{item.tp} found</span> · '
+                f'<span class="p">{item.fn} missed · {item.fp} false</span></div>')
+        for item in items
+    ]
     return (f'<section id="gallery"><h2>Worst images ({len(items)}), lowest F1 first</h2>'
             f'<div class="legend">{legend}</div>'
             f'<p class="notes">Predicted boxes scored &ge; {threshold}, matched at IoU 0.5.</p>'
@@ -319,36 +302,20 @@ def _gallery_html(items: Sequence[DetectionGalleryItem], threshold: float) -> st
 
 def render_html(report: DetectionReport) -> str:
     r = report.result
-    source = r.source or {}
-    subtitle = " · ".join(
-        html.escape(f"{k}: {v}") for k, v in source.items() if k in ("model", "predictions", "truth") and v
-    )
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     threshold = r.settings.get("score_threshold")
     curves_note = ("Each point adds the boxes of one score, highest first: true positives at IoU 0.5 (COCO matching) "
                    "over all boxes so far, and over all true boxes of the class.")
     if len(r.pr_curves) > MAX_CURVE_CLASSES:
         curves_note += (f" Showing the {MAX_CURVE_CLASSES} classes with the most true boxes of {len(r.pr_curves)}; "
                         "metrics.json holds every curve.")
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
-        f"<title>{html.escape(report.title)}</title><style>{_CSS}{_DETECTION_CSS}</style></head><body>",
-        f"<header><h1>{html.escape(report.title)}</h1><p>{subtitle}"
-        f"{' · ' if subtitle else ''}generated {generated} by sparkvision {__version__}</p></header><main>",
+    return _page(report.title, _source_line(r.source, ("model", "predictions", "truth")), [
         _summary_html(r),
         _img_section("pr-curves", "Precision-recall curves", report.pr_png, "precision-recall curves per class",
                      curves_note),
         _per_class_html(r),
-        _img_section("curves", "Training curves", report.curves_png, "training curves",
-                     "From curves.csv: " + html.escape(", ".join(report.curves_columns))),
+        _curves_section(report.curves_png, report.curves_columns),
         _gallery_html(report.gallery, threshold),
-        "</main></body></html>",
-    ]
-    return "\n".join(p for p in parts if p)
+    ], _DETECTION_CSS)
 
 
 def build_report(
@@ -362,13 +329,10 @@ def build_report(
 ) -> DetectionReport:
     """The report of ``result``; ``worst`` are :func:`~sparkvision.evaluation.detection.worst_images` rows."""
     settings = settings or DetectionEvaluationSettings()
-    name = (result.source or {}).get("model") or (Path(model_dir).name if model_dir else None)
+    name = model_name(result.source, model_dir)
     report = DetectionReport(result, title or (f"Detection evaluation of {name}" if name else "Detection evaluation"))
     report.pr_png = plot_pr_curves(result)
-    curves = read_curves(model_dir)
-    if curves is not None:
-        report.curves_png = plot_curves(curves)
-        report.curves_columns = list(curves.columns)
+    report.curves_png, report.curves_columns = training_curves(model_dir)
     if worst:
         found = read_image_bytes(spark, [w["path"] for w in worst], images, EvaluationSettings())
         for w in worst:
@@ -395,12 +359,6 @@ def write_report(
     title: str | None = None,
 ) -> Path:
     """Write ``metrics.json`` and ``report.html`` into ``out_dir`` (a local directory); return the HTML path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / METRICS_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
-    report = build_report(result, worst, model_dir, spark, images, settings, title)
-    path = out / REPORT_FILE
-    atomic_write(path, render_html(report))
-    log.info("wrote %s and %s", out / METRICS_FILE, path)
-    return path
+    return _write_files(out_dir, result.to_dict(), lambda: render_html(
+        build_report(result, worst, model_dir, spark, images, settings, title)))
 

@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,6 +242,84 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _bar(value: float | None) -> str:
+    """A table cell with the value over a bar of its share of 1."""
+    if value is None:
+        return "<td>n/a</td>"
+    return f'<td class="bar"><i style="width:{100 * value:.1f}%"></i><span>{value:.4f}</span></td>'
+
+
+def _summary_section(cards: Sequence[tuple[str, str]], notes: Sequence[str]) -> str:
+    """The summary: one card per headline number (name, formatted value), then notes on what was counted how."""
+    body = "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{html.escape(k)}</div></div>'
+                   for k, v in cards)
+    items = "".join(f"<li>{n}</li>" for n in notes)
+    return f'<section id="summary"><h2>Summary</h2><div class="cards">{body}</div><ul class="notes">{items}</ul></section>'
+
+
+def _figure(path: str, data_uri: str | None, error: str | None, missing: str, caption: str) -> str:
+    """A gallery tile: the image (or why there is none), the caption's HTML, then the path."""
+    if data_uri:
+        image = f'<img class="thumb" alt="{html.escape(path)}" src="{data_uri}">'
+    else:
+        image = f'<div class="missing">{missing}: {html.escape(error or "unreadable")}</div>'
+    return (f'<figure>{image}<figcaption>{caption}'
+            f'<div class="path">{html.escape(path)}</div></figcaption></figure>')
+
+
+def _curves_section(png: str | None, columns: Sequence[str]) -> str:
+    return _img_section("curves", "Training curves", png, "training curves",
+                        "From curves.csv: " + html.escape(", ".join(columns)))
+
+
+def training_curves(model_dir: str | Path | None) -> tuple[str | None, list[str]]:
+    """The training-curves plot of a model directory's ``curves.csv`` and its columns; (None, []) without one."""
+    curves = read_curves(model_dir)
+    if curves is None:
+        return None, []
+    return plot_curves(curves), list(curves.columns)
+
+
+def model_name(source: dict[str, Any] | None, model_dir: str | Path | None) -> str | None:
+    """The model's name for a report title: the card's, else the model directory's."""
+    return (source or {}).get("model") or (Path(model_dir).name if model_dir else None)
+
+
+def _source_line(source: dict[str, Any] | None, keys: Sequence[str]) -> str:
+    """The header line under a report's title: where its inputs came from, and when and by what it was made."""
+    subtitle = " · ".join(html.escape(f"{k}: {v}") for k, v in (source or {}).items() if k in keys and v)
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{subtitle}{' · ' if subtitle else ''}generated {generated} by sparkvision {__version__}"
+
+
+def _page(title: str, header: str, sections: Sequence[str], css: str = "") -> str:
+    """A whole self-contained page: ``sections`` (empty ones dropped) under a header with ``title``."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # No network: forbid every remote fetch so a report can never leak or depend on one.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">",
+        f"<title>{html.escape(title)}</title><style>{_CSS}{css}</style></head><body>",
+        f"<header><h1>{html.escape(title)}</h1><p>{header}</p></header><main>",
+        *sections,
+        "</main></body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _write_files(out_dir: str | Path, metrics: dict[str, Any], page: Callable[[], str]) -> Path:
+    """Write ``metrics.json``, then the HTML that ``page`` renders, into ``out_dir``; return the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    path = out / REPORT_FILE
+    atomic_write(path, page())
+    log.info("wrote %s and %s", out / METRICS_FILE, path)
+    return path
+
+
 @dataclass
 class GalleryItem:
     path: str
@@ -279,8 +357,6 @@ def _summary_html(r: EvaluationResult) -> str:
         ("rows with errors", _fmt(r.error_rows)),
         ("rows without label", _fmt(r.unlabeled_rows)),
     ]
-    body = "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{html.escape(k)}</div></div>'
-                   for k, v in cards)
     notes = [
         f"{r.rows:,} prediction rows: {r.evaluated_rows:,} evaluated, {r.error_rows:,} with errors, "
         f"{r.unlabeled_rows:,} without a true label" + (f", {r.invalid_rows:,} without a prediction" if r.invalid_rows
@@ -300,18 +376,15 @@ def _summary_html(r: EvaluationResult) -> str:
     if r.argmax_mismatch_rows:
         notes.append(f"{r.argmax_mismatch_rows:,} rows predict a label that is not their most probable one: "
                      "check that the model labels are in probability order.")
-    items = "".join(f"<li>{n}</li>" for n in notes)
-    return f'<section id="summary"><h2>Summary</h2><div class="cards">{body}</div><ul class="notes">{items}</ul></section>'
+    return _summary_section(cards, notes)
 
 
 def _per_class_html(r: EvaluationResult) -> str:
     rows = []
     for c in r.per_class:
         flag = "unseen in training" if c.in_model is False else ("never predicted" if c.predicted == 0 else "")
-        cells = [f"<td>{html.escape(c.label)}</td>"]
-        for value in (c.precision, c.recall, c.f1):
-            cells.append(f'<td class="bar"><i style="width:{100 * value:.1f}%"></i><span>{value:.4f}</span></td>')
-        cells += [f"<td>{c.support:,}</td>", f"<td>{c.predicted:,}</td>"]
+        cells = [f"<td>{html.escape(c.label)}</td>", _bar(c.precision), _bar(c.recall), _bar(c.f1),
+                 f"<td>{c.support:,}</td>", f"<td>{c.predicted:,}</td>"]
         attr = f' class="flag" data-flag="{html.escape(flag)}"' if flag else ""
         rows.append(f"<tr{attr}>{''.join(cells)}</tr>")
     avg = []
@@ -340,37 +413,18 @@ def _gallery_html(items: Sequence[GalleryItem]) -> str:
                 '<p class="notes">No wrong predictions among the evaluated rows.</p></section>')
     figures = []
     for item in items:
-        if item.data_uri:
-            image = f'<img class="thumb" alt="{html.escape(item.path)}" src="{item.data_uri}">'
-        else:
-            image = f'<div class="missing">no thumbnail: {html.escape(item.error or "unreadable")}</div>'
         conf = "n/a" if item.confidence is None else f"{item.confidence:.3f}"
-        figures.append(
-            f'<figure>{image}<figcaption><div class="t">true: {html.escape(item.label)}</div>'
-            f'<div class="p">predicted: {html.escape(item.prediction)} <span class="c">({conf})</span></div>'
-            f'<div class="path">{html.escape(item.path)}</div></figcaption></figure>'
-        )
+        figures.append(_figure(
+            item.path, item.data_uri, item.error, "no thumbnail",
+            f'<div class="t">true: {html.escape(item.label)}</div>'
+            f'<div class="p">predicted: {html.escape(item.prediction)} <span class="c">({conf})</span></div>'))
     return (f'<section id="gallery"><h2>Most confidently wrong ({len(items)})</h2>'
             f'<div class="gallery">{"".join(figures)}</div></section>')
 
 
 def render_html(report: Report) -> str:
     r = report.result
-    source = r.source or {}
-    subtitle = " · ".join(
-        html.escape(f"{k}: {v}") for k, v in source.items() if k in ("model", "predictions", "model_dir") and v
-    )
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        # No network: forbid every remote fetch so a report can never leak or depend on one.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
-        f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
-        f"<header><h1>{html.escape(report.title)}</h1><p>{subtitle}"
-        f"{' · ' if subtitle else ''}generated {generated} by sparkvision {__version__}</p></header><main>",
+    return _page(report.title, _source_line(r.source, ("model", "predictions", "model_dir")), [
         _summary_html(r),
         _img_section("confusion", "Confusion matrix", report.confusion_png, "confusion-matrix heat map",
                      report.heatmap_note),
@@ -378,12 +432,9 @@ def render_html(report: Report) -> str:
         _img_section("reliability", "Calibration", report.reliability_png, "reliability diagram",
                      "Bars: accuracy of the rows whose confidence falls in each bin (equal-width bins, right-closed); "
                      "black ticks: their mean confidence; hatched: the gap. ECE is the row-weighted mean gap."),
-        _img_section("curves", "Training curves", report.curves_png, "training curves",
-                     "From curves.csv: " + html.escape(", ".join(report.curves_columns))),
+        _curves_section(report.curves_png, report.curves_columns),
         _gallery_html(report.gallery),
-        "</main></body></html>",
-    ]
-    return "\n".join(p for p in parts if p)
+    ])
 
 
 def build_report(
@@ -396,7 +447,7 @@ def build_report(
     title: str | None = None,
 ) -> Report:
     settings = settings or EvaluationSettings()
-    name = (result.source or {}).get("model") or (Path(model_dir).name if model_dir else None)
+    name = model_name(result.source, model_dir)
     report = Report(result, title or (f"Evaluation of {name}" if name else "Evaluation report"))
     if result.confusion_labels:
         report.confusion_png = plot_confusion(result, settings.max_heatmap_classes)
@@ -405,10 +456,7 @@ def build_report(
             report.heatmap_note = (f"Showing the {shown} classes with the most errors of "
                                    f"{len(result.confusion_labels)}; metrics.json holds the full matrix.")
     report.reliability_png = plot_reliability(result)
-    curves = read_curves(model_dir)
-    if curves is not None:
-        report.curves_png = plot_curves(curves)
-        report.curves_columns = list(curves.columns)
+    report.curves_png, report.curves_columns = training_curves(model_dir)
     if predictions is not None and settings.gallery_size > 0:
         wrong = most_confidently_wrong(predictions, settings.gallery_size)
         spark = spark or predictions.sparkSession
@@ -432,14 +480,8 @@ def write_report(
     title: str | None = None,
 ) -> Path:
     """Write ``metrics.json`` and ``report.html`` into ``out_dir`` (a local directory); return the HTML path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / METRICS_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
-    report = build_report(result, predictions, model_dir, spark, images, settings, title)
-    path = out / REPORT_FILE
-    atomic_write(path, render_html(report))
-    log.info("wrote %s and %s", out / METRICS_FILE, path)
-    return path
+    return _write_files(out_dir, result.to_dict(), lambda: render_html(
+        build_report(result, predictions, model_dir, spark, images, settings, title)))
 
 
 def load_result(report_dir: str | Path) -> EvaluationResult:
@@ -524,17 +566,11 @@ def render_compare_html(comparison: dict[str, Any]) -> str:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         chart = f'<img class="plot" id="compare-chart" alt="headline metrics" src="{_png(fig)}">'
-    return "\n".join([
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
-        f"<title>Model comparison</title><style>{_CSS}</style></head><body>",
-        f"<header><h1>Model comparison</h1><p>{html.escape(', '.join(names))}</p></header><main>",
+    return _page("Model comparison", html.escape(", ".join(names)), [
         f'<section id="metrics"><h2>Metrics</h2>{chart}<table><thead><tr><th>metric</th>{head}</tr></thead>'
         f"<tbody>{metric_rows}</tbody></table></section>",
         f'<section id="per-class"><h2>F1 per class</h2><div class="scroll"><table><thead><tr><th>class</th>{head}'
         f"</tr></thead><tbody>{class_rows}</tbody></table></div></section>",
-        "</main></body></html>",
     ])
 
 
