@@ -10,7 +10,10 @@ sparkvision to load, even in a process where the model was never registered.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
+from typing import Any
 
 from pyspark import Accumulator
 from pyspark.ml import Transformer
@@ -28,6 +31,12 @@ from sparkvision.models.runner import ModelSource
 
 EMBEDDED_METADATA = "embeddedModel"
 EMBEDDED_DIR = "onnx"
+
+
+def keyword_defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """The defaults of ``function``'s keyword-only parameters (through ``@keyword_only``'s wrapper)."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
 
 
 class HasBatchSize(Params):
@@ -88,6 +97,23 @@ class OnnxImageTransformer(
         self._embedded: ModelSource | None = None
         self._counter: Accumulator | None = None
         self._counter_app: str | None = None
+
+    # ----- params
+    # The constructor's keyword-only signature is the one declaration of a stage's parameters and their
+    # defaults; ``setParams(**kwargs)`` takes the same names, as pyspark.ml's own stages do.
+    def _init_params(self, kwargs: dict[str, Any]) -> None:
+        """The constructor's work: its own signature's defaults, then the caller's ``kwargs`` through ``setParams``."""
+        self._setDefault(**keyword_defaults(type(self).__init__))
+        self.setParams(**kwargs)
+
+    def _set_checked(self, kwargs: dict[str, Any]):
+        """``setParams``' end: the names must be the constructor's, ``batchSize >= 1``; then set ``kwargs``."""
+        unknown = sorted(set(kwargs) - set(keyword_defaults(type(self).__init__)))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.setParams() got unknown parameters {unknown}")
+        if "batchSize" in kwargs and int(kwargs["batchSize"]) < 1:
+            raise ValueError(f"batchSize must be >= 1, got {kwargs['batchSize']!r}")
+        return self._set(**kwargs)
 
     # ----- the model
     def _resolve_source(self) -> ModelSource:

@@ -77,23 +77,16 @@ class ObjectDetector(OnnxImageTransformer):
                  batchSize: int = FeaturizeSettings.batch_size, errorCol: str = "error",
                  embedModel: bool = False) -> None:
         super().__init__()
-        self._setDefault(modelDir="", inputCol="content", boxesCol="boxes", scoreThreshold=0.3, iouThreshold=0.5,
-                         maxBoxes=100, batchSize=FeaturizeSettings.batch_size, errorCol="error", embedModel=False)
-        self.setParams(**self._input_kwargs)
+        self._init_params(self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, modelDir: str = "", inputCol: str = "content", boxesCol: str = "boxes",
-                  scoreThreshold: float = 0.3, iouThreshold: float = 0.5, maxBoxes: int = 100,
-                  batchSize: int = FeaturizeSettings.batch_size, errorCol: str = "error",
-                  embedModel: bool = False) -> ObjectDetector:
-        kwargs = self._input_kwargs
+    def setParams(self, **kwargs: Any) -> ObjectDetector:
+        """Set any of the constructor's parameters, checked as the constructor checks them."""
         settings = DecodeSettings(  # validates every threshold here, on the driver
             score_threshold=float(kwargs.get("scoreThreshold", 0.3)), iou_threshold=float(kwargs.get("iouThreshold", 0.5)),
             max_boxes=int(kwargs.get("maxBoxes", 100)))
         del settings
-        if "batchSize" in kwargs and int(kwargs["batchSize"]) < 1:
-            raise ValueError(f"batchSize must be >= 1, got {kwargs['batchSize']!r}")
-        return self._set(**kwargs)
+        return self._set_checked(kwargs)
 
     def getModelDir(self) -> str:
         return self.getOrDefault(self.modelDir)

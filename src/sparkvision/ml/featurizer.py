@@ -8,6 +8,8 @@ regression on pooled features beat or matched the one on logits, hence the defau
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyspark import keyword_only
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -58,31 +60,14 @@ class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName):
         embedModel: bool = False,
     ) -> None:
         super().__init__()
-        defaults = FeaturizeSettings()
-        self._setDefault(
-            inputCol="content", outputCol="features", modelName=defaults.model_name, output="features",
-            batchSize=defaults.batch_size, errorCol="error", embedModel=False,
-        )
-        self.setParams(**self._input_kwargs)
+        self._init_params(self._input_kwargs)
 
     @keyword_only
-    def setParams(
-        self,
-        *,
-        inputCol: str = "content",
-        outputCol: str = "features",
-        modelName: str = FeaturizeSettings.model_name,
-        output: str = "features",
-        batchSize: int = FeaturizeSettings.batch_size,
-        errorCol: str = "error",
-        embedModel: bool = False,
-    ) -> ImageFeaturizer:
-        kwargs = self._input_kwargs
+    def setParams(self, **kwargs: Any) -> ImageFeaturizer:
+        """Set any of the constructor's parameters, checked as the constructor checks them."""
         if "output" in kwargs and kwargs["output"] not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {kwargs['output']!r}")
-        if "batchSize" in kwargs and int(kwargs["batchSize"]) < 1:
-            raise ValueError(f"batchSize must be >= 1, got {kwargs['batchSize']!r}")
-        return self._set(**kwargs)
+        return self._set_checked(kwargs)
 
     def getOutput(self) -> str:
         return self.getOrDefault(self.output)

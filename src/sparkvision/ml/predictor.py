@@ -16,6 +16,8 @@ entry's labels, or the card's ``labels``); ``top_k`` is an array of
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyspark import keyword_only
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
@@ -71,34 +73,14 @@ class ImagePredictor(OnnxImageTransformer, HasModelName):
         embedModel: bool = False,
     ) -> None:
         super().__init__()
-        self._setDefault(
-            inputCol="content", modelName=FeaturizeSettings.model_name, modelDir="", predictionCol="prediction",
-            probabilityCol="probability", topK=5, topKCol="top_k", batchSize=FeaturizeSettings.batch_size,
-            errorCol="error", embedModel=False,
-        )
-        self.setParams(**self._input_kwargs)
+        self._init_params(self._input_kwargs)
 
     @keyword_only
-    def setParams(
-        self,
-        *,
-        inputCol: str = "content",
-        modelName: str = FeaturizeSettings.model_name,
-        modelDir: str = "",
-        predictionCol: str = "prediction",
-        probabilityCol: str = "probability",
-        topK: int = 5,
-        topKCol: str = "top_k",
-        batchSize: int = FeaturizeSettings.batch_size,
-        errorCol: str = "error",
-        embedModel: bool = False,
-    ) -> ImagePredictor:
-        kwargs = self._input_kwargs
+    def setParams(self, **kwargs: Any) -> ImagePredictor:
+        """Set any of the constructor's parameters, checked as the constructor checks them."""
         if "topK" in kwargs and int(kwargs["topK"]) < 0:
             raise ValueError(f"topK must be >= 0, got {kwargs['topK']!r}")
-        if "batchSize" in kwargs and int(kwargs["batchSize"]) < 1:
-            raise ValueError(f"batchSize must be >= 1, got {kwargs['batchSize']!r}")
-        return self._set(**kwargs)
+        return self._set_checked(kwargs)
 
     def getModelDir(self) -> str:
         return self.getOrDefault(self.modelDir)
