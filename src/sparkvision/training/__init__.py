@@ -10,20 +10,8 @@ See :mod:`.config` for every setting, :mod:`.engine` for what each rank does and
 :mod:`.distributor` for how ranks are launched.
 """
 
-from sparkvision.config.training import (
-    PRESETS,
-    AugmentConfig,
-    CheckpointConfig,
-    DataConfig,
-    LossConfig,
-    ModelConfig,
-    OptimizerConfig,
-    ScalingConfig,
-    ScheduleConfig,
-    TrainConfig,
-    apply_overrides,
-    preset,
-)
+from sparkvision.config import training as _recipe
+from sparkvision.config.training import PRESETS, TrainConfig, apply_overrides, preset
 
 
 def __getattr__(name: str):
@@ -32,23 +20,11 @@ def __getattr__(name: str):
         from sparkvision.training import distributor
 
         return getattr(distributor, name)
+    # The recipe's parts (ScalingConfig, OptimizerConfig, ...) are sparkvision.config's; reachable here too.
+    part = getattr(_recipe, name, None)
+    if isinstance(part, type) and part.__module__ == _recipe.__name__:
+        return part
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "PRESETS",
-    "AugmentConfig",
-    "CheckpointConfig",
-    "DataConfig",
-    "LossConfig",
-    "ModelConfig",
-    "OptimizerConfig",
-    "ScalingConfig",
-    "ScheduleConfig",
-    "TrainConfig",
-    "TrainResult",
-    "apply_overrides",
-    "fit",
-    "preset",
-    "run_on_ranks",
-]
+__all__ = ["PRESETS", "TrainConfig", "TrainResult", "apply_overrides", "fit", "preset", "run_on_ranks"]
