@@ -338,6 +338,17 @@ def ensure_onnx(model_dir: str | Path, spark=None) -> Path:
             spark.stop()  # the server itself needs no JVM
 
 
+def fresh_dir(path: str | Path, overwrite: bool) -> Path:
+    """An empty local directory at ``path``: created, or emptied when ``overwrite``; a non-empty one is refused."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def export_registered(name: str, out_dir: str | Path, overwrite: bool = False) -> Path:
     """An ``onnx`` model directory from a registered model with its own labels (e.g. ImageNet)."""
     from sparkvision.models import get_spec
@@ -346,12 +357,7 @@ def export_registered(name: str, out_dir: str | Path, overwrite: bool = False) -
     spec = get_spec(name)
     if not spec.labels:
         raise ValueError(f"{name!r} is registered without labels; a model directory needs them")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = fresh_dir(out_dir, overwrite)
     source = registered_onnx(name)
     shutil.copyfile(source, out_dir / ONNX_FILE)
     card = ModelCard(
@@ -367,12 +373,7 @@ def export_registered(name: str, out_dir: str | Path, overwrite: bool = False) -
 def copy_model_dir(src: str | Path, dst: str | Path, overwrite: bool = False,
                    skip: tuple[str, ...] = (ONNX_FILE, SPARK_PIPELINE_DIR, "checkpoints", "tensorboard")) -> Path:
     """Card, labels and small side files of ``src`` into a fresh ``dst`` (the heavy parts are skipped)."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True, exist_ok=True)
+    src, dst = Path(src), fresh_dir(dst, overwrite)
     for item in src.iterdir():
         if item.name in skip or item.name == LABELS_FILE:
             continue
@@ -394,12 +395,7 @@ def write_head_model_dir(out_dir: str | Path, backbone_name: str, feature_output
     if head.num_classes != len(labels):
         raise ValueError(f"the head scores {head.num_classes} classes, {len(labels)} labels given")
     spec = get_spec(backbone_name)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = fresh_dir(out_dir, overwrite)
     backbone = registered_onnx(backbone_name)
     graph = append_head(backbone.read_bytes(), feature_output, head)
     atomic_write(out_dir / ONNX_FILE, graph.SerializeToString())
