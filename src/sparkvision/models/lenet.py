@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sparkvision.config import PreprocessConfig
+from sparkvision.models.interface import TimmInterface
 from sparkvision.models.registry import register
 
 #: 28x28 grey, ``(x/255 - 0.5) / 0.5``. ``sparkvision train --normalize data`` replaces
@@ -25,7 +26,7 @@ PREPROCESS = PreprocessConfig(size=(28, 28), channels=1, resize_mode="resize", i
                               mean=(0.5,), std=(0.5,))
 
 
-class LeNet5(nn.Module):
+class LeNet5(TimmInterface, nn.Module):
     """timm-style LeNet: ``forward_features`` gives the input of the last Linear."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, variant: str = "bigdl") -> None:
@@ -56,15 +57,6 @@ class LeNet5(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.fc(features)
         return torch.log_softmax(logits, dim=1) if self.variant == "bigdl" else logits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
 
 
 @register("lenet5", PREPROCESS, num_classes=10, num_features=100,

@@ -73,29 +73,6 @@ def register_model(spec: ModelSpec, overwrite: bool = False) -> ModelSpec:
     return spec
 
 
-def register_torch_model(
-    name: str,
-    builder: Builder,
-    preprocess: PreprocessConfig,
-    num_classes: int,
-    num_features: int | None = None,
-    labels: list[str] | None = None,
-    has_pretrained: bool = False,
-    description: str = "",
-    overwrite: bool = False,
-    task: str = "classify",
-) -> ModelSpec:
-    """Register a torch module builder ``builder(pretrained, num_classes, **kwargs)``."""
-    return register_model(
-        ModelSpec(
-            name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
-            builder=builder, labels=tuple(labels) if labels else None, has_pretrained=has_pretrained,
-            description=description, task=task,
-        ),
-        overwrite=overwrite,
-    )
-
-
 def register(
     name: str,
     preprocess: PreprocessConfig,
@@ -105,15 +82,30 @@ def register(
     has_pretrained: bool = False,
     description: str = "",
     task: str = "classify",
+    overwrite: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Decorator: register the decorated ``builder(pretrained, num_classes, **kwargs)`` as ``name``."""
 
     def decorate(builder: Builder) -> Builder:
-        register_torch_model(name, builder, preprocess, num_classes, num_features, labels, has_pretrained,
-                             description, task=task)
+        register_model(
+            ModelSpec(
+                name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
+                builder=builder, labels=tuple(labels) if labels else None, has_pretrained=has_pretrained,
+                description=description, task=task,
+            ),
+            overwrite=overwrite,
+        )
         return builder
 
     return decorate
+
+
+def register_torch_model(name: str, builder: Builder, preprocess: PreprocessConfig, num_classes: int,
+                         **options: Any) -> ModelSpec:
+    """Register a torch module builder ``builder(pretrained, num_classes, **kwargs)``: :func:`register` as a
+    call rather than a decorator (``options`` are its), returning the new entry."""
+    register(name, preprocess, num_classes, **options)(builder)
+    return _REGISTRY[name]
 
 
 def register_onnx_model(

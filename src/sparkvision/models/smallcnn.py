@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sparkvision.config import PreprocessConfig
+from sparkvision.models.interface import TimmInterface
 from sparkvision.models.registry import register
 
 PREPROCESS = PreprocessConfig(size=(28, 28), channels=1, resize_mode="resize", interpolation="bilinear",
@@ -23,7 +24,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(TimmInterface, nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 1, widths: tuple[int, int, int] = (32, 64, 128),
                  dropout: float = 0.3) -> None:
         super().__init__()
@@ -45,15 +46,6 @@ class SmallCNN(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
 
 
 @register("smallcnn", PREPROCESS, num_classes=10, num_features=128,
