@@ -6,18 +6,15 @@ Chromium, and save a screenshot of the results.
         --image ../shared/data/bccd/JPEGImages/BloodImage_00000.jpg --out docs/detection_serve.png
 
 The server is the real one (``sparkvision.deploy.serve.create_app`` under uvicorn on a free
-loopback port) and the browser is Debian's /usr/bin/chromium through Playwright, as in
-tests/test_deploy_web.py. The PNG is reduced to a 256-colour palette to keep it small.
+loopback port, through ``sparkvision.testing.server.live_server``) and the browser is Debian's
+/usr/bin/chromium through Playwright, as in tests/test_deploy_web.py. The PNG is reduced to a 256-colour palette to keep it small.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,44 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--colours", type=int, default=256, help="palette size of the PNG (default 256)")
     args = parser.parse_args(argv)
 
-    import httpx
-    import uvicorn
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
     from sparkvision.config import ServeSettings
     from sparkvision.deploy.serve import create_app
+    from sparkvision.testing.server import live_server
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_app(args.model, ServeSettings(threads=2)), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if not thread.is_alive():
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": args.width, "height": args.height}, device_scale_factor=1)
-            page.goto(url + "/")
-            page.wait_for_function("document.body.dataset.task !== undefined")
-            for done, image in enumerate(args.image, 1):
-                page.set_input_files("#files", image)
-                page.wait_for_function(f"document.querySelectorAll('.card:not([data-state=pending])').length >= {done}",
-                                       timeout=120_000)
-            shot = page.screenshot(full_page=True)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with live_server(create_app(args.model, ServeSettings(threads=2))) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": args.width, "height": args.height}, device_scale_factor=1)
+        page.goto(server.url + "/")
+        page.wait_for_function("document.body.dataset.task !== undefined")
+        for done, image in enumerate(args.image, 1):
+            page.set_input_files("#files", image)
+            page.wait_for_function(f"document.querySelectorAll('.card:not([data-state=pending])').length >= {done}",
+                                   timeout=120_000)
+        shot = page.screenshot(full_page=True)
+        browser.close()
     picture = Image.open(io.BytesIO(shot)).convert("RGB").quantize(args.colours, method=Image.Quantize.MEDIANCUT)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

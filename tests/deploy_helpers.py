@@ -1,5 +1,5 @@
-"""What the deployment tests share: model directories built from real weights and photos,
-and a real uvicorn server on a free loopback port (in a background thread).
+"""What the deployment tests share: model directories built from real weights and photos, and the
+serving metrics (the server itself: :func:`sparkvision.testing.server.live_server`).
 
 Everything is built once per test process (``functools.cache``) and reused across files.
 """
@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import tempfile
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,41 +118,13 @@ def as_older_fit(model_dir: Path, dst: Path) -> Path:
 # ---------------------------------------------------------------- a live server
 
 
-class LiveServer:
-    def __init__(self, url: str, server) -> None:
-        self.url = url
-        self.server = server
-
-
-@contextmanager
-def live_server(app, timeout: float = 120.0):
-    """Run ``app`` under uvicorn on a free loopback port until the block ends."""
+def batch_histogram(url: str) -> tuple[float, float]:
+    """The server's ``sparkvision_batch_size`` histogram from ``/metrics``: (model calls, images)."""
     import httpx
-    import uvicorn
+    from prometheus_client.parser import text_string_to_metric_families
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if not thread.is_alive():
-                raise RuntimeError("the server thread died during startup")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the server did not become ready")
-            time.sleep(0.1)
-        yield LiveServer(url, server)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        if family.name == "sparkvision_batch_size":
+            values = {s.name: s.value for s in family.samples}
+            return values["sparkvision_batch_size_count"], values["sparkvision_batch_size_sum"]
+    raise AssertionError("no batch size histogram in /metrics")

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from deploy_helpers import imagenet_model_dir, link_photos, live_server, photos
+from deploy_helpers import batch_histogram, imagenet_model_dir, link_photos, photos
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +18,7 @@ from sparkvision.deploy.serve import create_app
 from sparkvision.models.model_dir import load_card, onnx_path
 from sparkvision.models.runtime import OnnxModel
 from sparkvision.preprocess import ImagePreprocessor
+from sparkvision.testing.server import live_server
 
 SETTINGS = ServeSettings(max_body_bytes=1_500_000, max_pixels=4_000_000, max_files=3, batch_window_ms=250,
                          max_batch=32, threads=2)
@@ -147,17 +148,9 @@ def test_predictions_equal_onnx_runtime_run_directly(server):
     assert raw["predictions"][0]["top_k"] == body["predictions"][0]["top_k"]
 
 
-def _batch_histogram(url: str) -> tuple[float, float]:
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        if family.name == "sparkvision_batch_size":
-            values = {s.name: s.value for s in family.samples}
-            return values["sparkvision_batch_size_count"], values["sparkvision_batch_size_sum"]
-    raise AssertionError("no batch size histogram in /metrics")
-
-
 def test_concurrent_requests_are_batched_into_fewer_model_calls(server):
     chosen = photos("val", 1)[:8]
-    before_calls, before_images = _batch_histogram(server.url)
+    before_calls, before_images = batch_histogram(server.url)
 
     def send(item):
         path, _ = item
@@ -167,7 +160,7 @@ def test_concurrent_requests_are_batched_into_fewer_model_calls(server):
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(send, chosen))
     assert all(r.status_code == 200 for r in responses)
-    calls, images = _batch_histogram(server.url)
+    calls, images = batch_histogram(server.url)
     assert images - before_images == 8
     assert calls - before_calls < 8, "8 concurrent requests should share ONNX Runtime calls"
     # Batched answers are the answers each image gets alone.

@@ -8,15 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from deploy_helpers import live_server
+from deploy_helpers import batch_histogram
 from detection_helpers import CLASSES, INPUT, SCENES, detector_model_dir, scene_png, truth
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from sparkvision.config import ServeSettings
 from sparkvision.deploy.serve import create_app
 from sparkvision.detection.boxes import box_iou
 from sparkvision.detection.runner import DetectorRunner
+from sparkvision.testing.server import live_server
 
 SETTINGS = ServeSettings(max_files=3, max_pixels=4_000_000, batch_window_ms=250, threads=1)
 
@@ -147,22 +147,14 @@ def test_bad_images_and_malformed_requests_get_4xx_and_the_server_keeps_serving(
     assert post(url, [good]).status_code == 200
 
 
-def _batch_histogram(url: str) -> tuple[float, float]:
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        if family.name == "sparkvision_batch_size":
-            values = {s.name: s.value for s in family.samples}
-            return values["sparkvision_batch_size_count"], values["sparkvision_batch_size_sum"]
-    raise AssertionError("no batch size histogram in /metrics")
-
-
 def test_concurrent_requests_share_model_calls_and_get_their_own_boxes(server):
     uploads = [scene_png(i % 2, scale=1 + i % 3) for i in range(6)]
     alone = [post(server.url, [("x.png", data)]).json()["predictions"][0] for data in uploads]
-    before_calls, before_images = _batch_histogram(server.url)
+    before_calls, before_images = batch_histogram(server.url)
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda data: post(server.url, [("x.png", data)]), uploads))
     assert all(r.status_code == 200 for r in responses)
-    calls, images = _batch_histogram(server.url)
+    calls, images = batch_histogram(server.url)
     assert images - before_images == 6
     assert calls - before_calls < 6, "6 concurrent requests should share ONNX Runtime calls"
     for response, expected in zip(responses, alone, strict=True):  # batched = alone, each its own image's boxes

@@ -7,7 +7,7 @@ import io
 import httpx
 import numpy as np
 import pytest
-from deploy_helpers import imagenet_model_dir, live_server, photos
+from deploy_helpers import imagenet_model_dir, photos
 from detection_helpers import CLASSES, detector_model_dir, scene_png
 from PIL import Image
 
@@ -16,6 +16,7 @@ from sparkvision.deploy.serve import create_app
 from sparkvision.models.model_dir import load_card, onnx_path
 from sparkvision.models.runtime import OnnxModel
 from sparkvision.preprocess import ImagePreprocessor
+from sparkvision.testing.server import live_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
