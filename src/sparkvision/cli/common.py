@@ -69,6 +69,11 @@ def settings_from_args(args: argparse.Namespace) -> SparkSettings:
     return replace(settings, **overrides)
 
 
+def given(settings: Any, **options: Any) -> Any:
+    """``settings`` with the options the user gave: an option left at ``None`` keeps the settings' default."""
+    return replace(settings, **{name: value for name, value in options.items() if value is not None})
+
+
 def spark_from_args(args: argparse.Namespace) -> SparkSession:
     return get_spark(settings_from_args(args))
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sparkvision.cli.common import Summary, UsageError, emit, fmt, spark_from_args
+from sparkvision.cli.common import Summary, UsageError, emit, fmt, given, spark_from_args
 from sparkvision.config import EvaluationSettings
 from sparkvision.inference.predict import probability_labels
 from sparkvision.progress import spark_progress
@@ -34,13 +33,8 @@ def _evaluate_detect(args: argparse.Namespace) -> int:
 
     if not args.truth:
         raise UsageError("--task detect needs --truth SRC (a VOC directory, COCO JSON or ingested dataset)")
-    settings = DetectionEvaluationSettings()
-    settings = replace(
-        settings,
-        score_threshold=args.score_threshold if args.score_threshold is not None else settings.score_threshold,
-        max_detections=args.max_detections if args.max_detections is not None else settings.max_detections,
-        gallery_size=args.gallery if args.gallery is not None else settings.gallery_size,
-    )
+    settings = given(DetectionEvaluationSettings(), score_threshold=args.score_threshold,
+                     max_detections=args.max_detections, gallery_size=args.gallery)
     spark = spark_from_args(args)
     predictions = spark.read.parquet(args.predictions)
     truth = load_truth(spark, args.truth, args.images)
@@ -99,13 +93,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sparkvision.evaluation.report import write_report
     from sparkvision.models.model_dir import load_card
 
-    settings = EvaluationSettings()
-    settings = replace(
-        settings,
-        top_k=args.top_k if args.top_k is not None else settings.top_k,
-        calibration_bins=args.bins if args.bins is not None else settings.calibration_bins,
-        gallery_size=args.gallery if args.gallery is not None else settings.gallery_size,
-    )
+    settings = given(EvaluationSettings(), top_k=args.top_k, calibration_bins=args.bins, gallery_size=args.gallery)
     card = load_card(args.model) if args.model else None  # a wrong --model fails here, before Spark starts
     spark = spark_from_args(args)
     predictions = spark.read.parquet(args.predictions)
