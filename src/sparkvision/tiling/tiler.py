@@ -115,17 +115,22 @@ def error_row(unit: Unit, message: str, page: int | None = None, info: PageInfo 
     )
 
 
-def tile_record(
-    scene: SceneReader, unit: Unit, page: int, info: PageInfo, tile: Tile, settings: TilingSettings, metadata: str
-) -> dict[str, Any]:
-    """One tile as a row: pixels read, background test, bytes encoded (or the tile's error)."""
-    row = _base(
+def _tile_base(unit: Unit, page: int, info: PageInfo, tile: Tile, metadata: str) -> dict[str, Any]:
+    """A tile's row before its pixels are read: where it is, in its page and level."""
+    return _base(
         unit,
         path=tile_path(unit.source, page, tile.level, tile.x, tile.y),
         page=page, level=tile.level, scale=1.0 / tile.factor, row=tile.row, col=tile.col,
         x=tile.x, y=tile.y, w=tile.w, h=tile.h, image_width=info.width, image_height=info.height,
         metadata=metadata,
     )
+
+
+def tile_record(
+    scene: SceneReader, unit: Unit, page: int, info: PageInfo, tile: Tile, settings: TilingSettings, metadata: str
+) -> dict[str, Any]:
+    """One tile as a row: pixels read, background test, bytes encoded (or the tile's error)."""
+    row = _tile_base(unit, page, info, tile, metadata)
     try:
         arr = scene.read(page, tile.x, tile.y, tile.w, tile.h, tile.level)
     except ImageError as exc:
@@ -197,13 +202,7 @@ def run_unit(
 
 
 def tile_record_error(unit: Unit, page: int, info: PageInfo, tile: Tile, metadata: str, exc: Exception) -> dict[str, Any]:
-    row = _base(
-        unit,
-        path=tile_path(unit.source, page, tile.level, tile.x, tile.y),
-        page=page, level=tile.level, scale=1.0 / tile.factor, row=tile.row, col=tile.col,
-        x=tile.x, y=tile.y, w=tile.w, h=tile.h, image_width=info.width, image_height=info.height,
-        metadata=metadata,
-    )
+    row = _tile_base(unit, page, info, tile, metadata)
     row["error"] = f"{ErrorKind.CORRUPT.value}: {type(exc).__name__}: {exc}"
     return row
 
