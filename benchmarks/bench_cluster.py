@@ -16,39 +16,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_train import BATCH, CLI, LR, MOMENTUM, _env, dataset, plain_loop  # noqa: E402
+from bench_train import BATCH, LR, MOMENTUM, dataset, plain_loop, sparkvision_train  # noqa: E402
 from common import Result, table  # noqa: E402
 
 TITLE = "Training on a standalone Spark cluster: scaling from 1 to 2 workers"
 
 
 def cluster_train(master: str, train_uri: str, val_uri: str, epochs: int, workers: int, out: Path) -> dict:
-    cmd = [*CLI, "train", "--arch", "lenet5", "--train", train_uri, "--val", val_uri, "--epochs", str(epochs),
-           "--batch-size", str(BATCH), "--workers", str(workers), "--lr", str(LR), "--momentum", str(MOMENTUM),
-           "--out", str(out), "--overwrite", "--master", master, "--driver-memory", "1g",
-           "--conf", "spark.executor.memory=1g", "-q"]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"sparkvision train on the cluster failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout)
-    rates = [h["train_samples_per_s"] for h in result["curves"]]
+    figures = sparkvision_train(train_uri, val_uri, epochs, workers, out, spark=(
+        "--master", master, "--driver-memory", "1g", "--conf", "spark.executor.memory=1g"))
     card = json.loads((out / "sparkvision_model.json").read_text())
     assert card["provenance"]["local_mode"] is False, "expected TorchDistributor in cluster mode"
-    return {"samples_per_s": float(np.median(rates)), "per_epoch": rates, "wall_s": wall,
-            "val_top1": result["metrics"]["val_top1"], "threads_per_worker": card["provenance"]["threads_per_worker"]}
+    return {**figures, "threads_per_worker": card["provenance"]["threads_per_worker"]}
 
 
 def run(quick: bool) -> Result:

@@ -28,20 +28,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import Result, table
+from common import IMAGENETTE, Result, table
 from PIL import Image
 
 TITLE = "Decode + preprocess: sparkvision batch path vs per-image Pillow loop"
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "imagenette-mini"
 BATCH = 64
 log = logging.getLogger("benchmarks.decode")
 
 
 def _files(quick: bool) -> list[Path]:
-    files = sorted(DATA.glob("train/*/*.JPEG")) + sorted(DATA.glob("val/*/*.JPEG"))
+    files = sorted(IMAGENETTE.glob("train/*/*.JPEG")) + sorted(IMAGENETTE.glob("val/*/*.JPEG"))
     if not files:
-        raise FileNotFoundError(f"no imagenette photos under {DATA}")
+        raise FileNotFoundError(f"no imagenette photos under {IMAGENETTE}")
     return files[::15] if quick else files
 
 

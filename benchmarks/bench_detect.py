@@ -21,15 +21,14 @@ import os
 import time
 from pathlib import Path
 
-from common import Result, table
+from common import SHARED_DATA, Result, table, transform_runs
 
 TITLE = "Detection: Spark detect vs ONNX Runtime alone; BCCD accuracy"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bccd() -> Path:
-    shared = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    return shared / "bccd"
+    return SHARED_DATA / "bccd"
 
 
 def _model_dir() -> Path:
@@ -51,18 +50,9 @@ def _ceiling(files: list[Path], model_dir: Path, threads: int, batch: int, repea
 
 
 def _spark(spark, folder: Path, model_dir: Path, rows: int, repeat: int) -> tuple[float, list[float]]:
-    from sparkvision.io import load_images
     from sparkvision.ml.detector import ObjectDetector
 
-    detector = ObjectDetector(modelDir=str(model_dir), scoreThreshold=0.05)
-    times = []
-    for _ in range(1 + repeat):
-        frame = load_images(spark, str(folder), probe="header")
-        start = time.perf_counter()
-        detector.transform(frame).write.format("noop").mode("overwrite").save()
-        times.append(time.perf_counter() - start)
-    assert detector.rows_processed == rows * (1 + repeat), detector.rows_processed
-    return times[0], times[1:]
+    return transform_runs(spark, ObjectDetector(modelDir=str(model_dir), scoreThreshold=0.05), folder, rows, repeat)
 
 
 def _accuracy(spark, bccd: Path, model_dir: Path, work: Path) -> dict:

@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from common import Result, table  # noqa: E402
 
-from sparkvision.testing.proc import cmdline, descendants, status_kib  # noqa: E402
+from sparkvision.testing.proc import Sampler, cmdline, descendants, status_kib  # noqa: E402
 
 TITLE = "Evaluation at scale: driver memory vs rows"
 CLASSES = 10
@@ -43,15 +42,13 @@ ROWS_PER_FILE = 100_000
 TIGHT_DRIVER_MEMORY = "512m"
 
 
-class PeakMemory:
+class PeakMemory(Sampler):
     """Samples a process tree; keeps each process's peak RSS (VmHWM), grouped by role."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(interval)
         self.pid = pid
-        self.interval = interval
         self.peaks: dict[int, tuple[str, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _role(self, pid: int) -> str:
         if pid == self.pid:
@@ -63,21 +60,12 @@ class PeakMemory:
             return "python_workers"
         return "other"
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            for pid in [self.pid, *descendants(self.pid)]:
-                hwm = status_kib(pid, "VmHWM")
-                if hwm:
-                    role = self._role(pid)  # every time: spark-class exec's the JVM in a shell's pid
-                    self.peaks[pid] = (role, max(hwm, self.peaks.get(pid, ("", 0))[1]))
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _sample(self) -> None:
+        for pid in [self.pid, *descendants(self.pid)]:
+            hwm = status_kib(pid, "VmHWM")
+            if hwm:
+                role = self._role(pid)  # every time: spark-class exec's the JVM in a shell's pid
+                self.peaks[pid] = (role, max(hwm, self.peaks.get(pid, ("", 0))[1]))
 
     def mib(self) -> dict[str, float]:
         """Peak MiB per role: the largest single process for the driver and JVM, the sum for workers."""

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import Result, table
+from common import Result, table, transform_runs
 
 TITLE = "Featurization: Spark end to end vs ONNX Runtime ceiling vs row-at-a-time eager PyTorch UDF"
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,18 +70,9 @@ def _ceiling(files: list[Path], threads: int, batch: int, repeat: int) -> float:
 
 
 def _spark_runs(spark, folder: Path, rows: int, repeat: int) -> tuple[float, list[float]]:
-    from sparkvision.io import load_images
     from sparkvision.ml.featurizer import ImageFeaturizer
 
-    featurizer = ImageFeaturizer()
-    times = []
-    for _ in range(1 + repeat):
-        frame = load_images(spark, str(folder), probe="header")
-        start = time.perf_counter()
-        featurizer.transform(frame).write.format("noop").mode("overwrite").save()
-        times.append(time.perf_counter() - start)
-    assert featurizer.rows_processed == rows * (1 + repeat), featurizer.rows_processed
-    return times[0], times[1:]
+    return transform_runs(spark, ImageFeaturizer(), folder, rows, repeat)
 
 
 def _tutorial_udf(spark, folder: Path, threads: int) -> float:

@@ -25,14 +25,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-os.environ.setdefault("SPARKVISION_CACHE", str(ROOT / ".cache" / "sparkvision"))
 
-from common import Result, table  # noqa: E402
+from common import IMAGENETTE, Result, table  # noqa: E402
 
 TITLE = "int8 quantisation of the imagenette-mini model: speed and accuracy vs fp32"
-DATA = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "imagenette-mini"
 
 
 def _fit_model(spark, out: Path) -> Path:
@@ -41,7 +38,7 @@ def _fit_model(spark, out: Path) -> Path:
     from sparkvision.io import load_images
     from sparkvision.ml.classifier import fit_transfer
 
-    model = fit_transfer(load_images(spark, str(DATA / "train"), probe="header"), settings=TransferSettings())
+    model = fit_transfer(load_images(spark, str(IMAGENETTE / "train"), probe="header"), settings=TransferSettings())
     model_dir = model.save(str(out), name="imagenette-mini-logreg")
     export_pipeline(spark, model_dir)
     return Path(model_dir)
@@ -63,8 +60,8 @@ def run(quick: bool) -> Result:
     fit_s = time.perf_counter() - started
     card = load_card(model_dir)
     fp32 = onnx_path(model_dir, card)
-    calibration = read_image_set(spark, str(DATA / "train"), card.preprocess, n_cal, seed=1)
-    val = read_image_set(spark, str(DATA / "val"), card.preprocess, n_val)
+    calibration = read_image_set(spark, str(IMAGENETTE / "train"), card.preprocess, n_cal, seed=1)
+    val = read_image_set(spark, str(IMAGENETTE / "val"), card.preprocess, n_val)
 
     variants = {
         "static per-channel (default)": QuantizeSettings(calibration_images=n_cal),

@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +33,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import Result, table  # noqa: E402
+
+from sparkvision.testing.proc import Sampler  # noqa: E402
 
 TITLE = "Scale: 100,000 photos ingested and featurized on a standalone cluster, peak memory per process"
 CLI = [sys.executable, "-m", "sparkvision.cli.main"]
@@ -59,16 +60,14 @@ def _role(pid: int, driver: int, workers: set[int]) -> str | None:
     return None
 
 
-class PeakSampler:
+class PeakSampler(Sampler):
     """Samples VmHWM of a driver's process tree and the workers' trees every ``period_s``."""
 
     def __init__(self, cluster, driver_pid: int, period_s: float = 1.0) -> None:
+        super().__init__(period_s)
         self.cluster = cluster
         self.driver = driver_pid
-        self.period = period_s
         self.peaks: dict[int, tuple[str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
         from sparkvision.testing.proc import descendants, peak_rss_mib
@@ -83,18 +82,6 @@ class PeakSampler:
             peak = peak_rss_mib(pid)
             if role and peak is not None and peak > self.peaks.get(pid, ("", 0.0))[1]:
                 self.peaks[pid] = (role, peak)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            self._sample()
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def by_role(self) -> dict[str, dict[str, float]]:
         roles: dict[str, list[float]] = {}

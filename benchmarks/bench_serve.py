@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,12 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-os.environ.setdefault("SPARKVISION_CACHE", str(ROOT / ".cache" / "sparkvision"))
 
-from common import Result, table  # noqa: E402
+from common import IMAGENETTE, Result, table  # noqa: E402
 
 TITLE = "HTTP serving: throughput and latency with micro-batching on vs off"
-DATA = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "imagenette-mini"
 CONCURRENCY = (1, 8, 32)
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
@@ -42,7 +39,7 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 async def _load(url: str, clients: int, requests: int, seconds: float) -> dict:
     import httpx
 
-    photos = sorted(p for folder in sorted((DATA / "val").iterdir()) for p in sorted(folder.iterdir())[:4])
+    photos = sorted(p for folder in sorted((IMAGENETTE / "val").iterdir()) for p in sorted(folder.iterdir())[:4])
     bodies = [p.read_bytes() for p in photos]
     latencies: list[float] = []
     statuses: dict[int, int] = {}

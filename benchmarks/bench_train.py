@@ -111,10 +111,12 @@ def plain_loop(train_uri: str, val_uri: str, epochs: int, seed: int = 42) -> dic
             "val_top1": val_top1, "threads": torch.get_num_threads()}
 
 
-def sparkvision_train(train_uri: str, val_uri: str, epochs: int, workers: int, out: Path) -> dict:
+def sparkvision_train(train_uri: str, val_uri: str, epochs: int, workers: int, out: Path,
+                      spark: list[str] | tuple[str, ...] = SPARK) -> dict:
+    """``sparkvision train`` of this benchmark's recipe in a subprocess (``spark``: its Spark options)."""
     cmd = [*CLI, "train", "--arch", "lenet5", "--train", train_uri, "--val", val_uri, "--epochs", str(epochs),
            "--batch-size", str(BATCH), "--workers", str(workers), "--lr", str(LR), "--momentum", str(MOMENTUM),
-           "--out", str(out), "--overwrite", *SPARK, "-q"]
+           "--out", str(out), "--overwrite", *spark, "-q"]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
     wall = time.perf_counter() - started

@@ -37,13 +37,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from bench_train import CLI, dataset  # noqa: E402
-from common import Result, table  # noqa: E402
+from common import IMAGENETTE, Result, table  # noqa: E402
 
 from sparkvision.testing.proc import descendants  # noqa: E402
 
 TITLE = "Training accuracy: LeNet-5 (Fashion-MNIST, mnist-5k), EfficientNet-Lite0 fine-tuning, 1 vs 2 workers, resume"
 SPARK = ["--master", "local[2]", "--driver-memory", "2g"]
-IMAGENETTE = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "imagenette-mini"
 #: Timing, and what only an interrupted run has; everything else must match exactly after --resume.
 TIMING = {"train_samples_per_s", "data_load_seconds", "resumed_from_epoch"}
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The real data sets (../shared/data, or $SPARKVISION_SHARED_DATA).
+SHARED_DATA = Path(os.environ.get("SPARKVISION_SHARED_DATA", ROOT.parent / "shared" / "data"))
+IMAGENETTE = SHARED_DATA / "imagenette-mini"
+# Exported ONNX graphs are cached per checkout (as in the tests), not in the user's home.
+os.environ.setdefault("SPARKVISION_CACHE", str(ROOT / ".cache" / "sparkvision"))
 
 
 @dataclass
@@ -26,6 +35,21 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
         value = fn()
         best = min(best, time.perf_counter() - start)
     return best, value
+
+
+def transform_runs(spark, stage, folder: Path, rows: int, repeat: int) -> tuple[float, list[float]]:
+    """Seconds of ``stage.transform`` over the images of ``folder`` (written to Spark's noop sink): the first
+    run (cold: model broadcast, worker sessions) and ``repeat`` warm ones; every row must reach the model once."""
+    from sparkvision.io import load_images
+
+    times = []
+    for _ in range(1 + repeat):
+        frame = load_images(spark, str(folder), probe="header")
+        start = time.perf_counter()
+        stage.transform(frame).write.format("noop").mode("overwrite").save()
+        times.append(time.perf_counter() - start)
+    assert stage.rows_processed == rows * (1 + repeat), stage.rows_processed
+    return times[0], times[1:]
 
 
 def peak_rss_mib(children: bool = False) -> float:

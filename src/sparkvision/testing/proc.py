@@ -9,6 +9,7 @@ than ``ru_maxrss``, which Linux carries over ``exec`` from the parent.
 from __future__ import annotations
 
 import os
+import threading
 
 
 def _read(pid: int, name: str) -> bytes | None:
@@ -73,3 +74,29 @@ def descendants(root: int | None = None) -> list[int]:
         found.append(pid)
         stack.extend(tree.get(pid, []))
     return found
+
+
+class Sampler:
+    """Calls ``_sample()`` every ``interval`` seconds in a daemon thread while its ``with`` block runs, and once
+    more when the block ends (a peak reached just before the end is kept). Subclasses define ``_sample``."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

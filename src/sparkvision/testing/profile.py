@@ -16,23 +16,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
 from typing import Any
 
 from sparkvision.config import TilingSettings
-from sparkvision.testing.proc import descendants, is_python, status_kib
+from sparkvision.testing.proc import Sampler, descendants, is_python, status_kib
 
 
-class WorkerPeaks:
+class WorkerPeaks(Sampler):
     """Peak resident memory of every Python process below this one, sampled in a thread."""
 
     def __init__(self, interval: float = 0.2) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.peaks_kib: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         for pid in descendants():
@@ -40,19 +37,6 @@ class WorkerPeaks:
                 peak = max(status_kib(pid, "VmHWM"), status_kib(pid, "VmRSS"))
                 if peak:
                     self.peaks_kib[pid] = max(self.peaks_kib.get(pid, 0), peak)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> WorkerPeaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._sample()
-        self._stop.set()
-        self._thread.join()
 
     @property
     def max_mib(self) -> float:
