@@ -12,9 +12,8 @@ from torch import nn
 from sparkvision.config import PreprocessConfig
 from sparkvision.io.schema import IMAGE_SCHEMA
 from sparkvision.ml.featurizer import ImageFeaturizer
-from sparkvision.models import get_spec
+from sparkvision.models import get_spec, registry
 from sparkvision.models.onnx_export import export_onnx, registered_onnx
-from sparkvision.models import registry
 from sparkvision.models.registry import register_onnx_model
 from sparkvision.models.runtime import OnnxModel
 from sparkvision.preprocess import ImagePreprocessor

@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from sparkvision.config import DecodeSettings, DetectionEvaluationSettings, EvaluationSettings
 from sparkvision.evaluation.detection_metrics import DetectionResult, OperatingPoint
-
-# report selects matplotlib's Agg backend before any figure is drawn.
 from sparkvision.evaluation.report import (
     _bar,
     _curves_section,
@@ -73,12 +71,14 @@ def plot_pr_curves(result: DetectionResult, limit: int = MAX_CURVE_CLASSES) -> s
     labels = sorted(curves, key=lambda name: (-per_class[name].positives, name))[:limit]
     single = len(labels) <= 8
     if single:
-        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        fig = Figure(figsize=(6.4, 4.6))
+        ax = fig.subplots()
         axes = [ax] * len(labels)
     else:
         cols = 4
         rows = -(-len(labels) // cols)
-        fig, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False, sharex=True, sharey=True)
+        fig = Figure(figsize=(3.2 * cols, 2.7 * rows))
+        grid = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
         axes = [grid[i // cols][i % cols] for i in range(len(labels))]
         for extra in range(len(labels), rows * cols):
             grid[extra // cols][extra % cols].axis("off")
