@@ -58,6 +58,14 @@ def test_default_pipeline_reaches_97_percent_on_imagenette_val_and_runs_the_cnn_
     assert card.onnx == "model.onnx" and (out / "model.onnx").is_file()  # servable without Spark as saved
     assert card.preprocess.size == (224, 224) and card.provenance["classifier"] == "logreg"
     assert card.provenance["train_rows"] == {name: 80 for name in model.labels}
+    # regParam and standardization chosen by 3-fold CV on the cached vectors, recorded in the card
+    # and given to the MLlib model; the chosen regParam is inside the values tried.
+    chosen = card.provenance["model_selection"]
+    assert chosen["method"].startswith("3-fold") and isinstance(chosen["standardization"], bool)
+    assert model.classifier_params["regParam"] == chosen["regParam"]
+    assert model.classifier_params["standardization"] == chosen["standardization"]
+    tried = sorted({g["params"]["regParam"] for g in card.provenance["grid"]})
+    assert tried[0] < chosen["regParam"] < tried[-1]
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
@@ -95,12 +103,14 @@ def test_grid_search_uses_cached_features_and_never_reruns_the_cnn(small_data):
     settings = replace(TransferSettings(), grid=True, grid_folds=2, logreg_grid_reg=(0.001, 0.1, 1.0),
                        logreg_max_iter=30)
     model = fit_transfer(train, val, settings)
-    # 3 parameter sets x 2 folds + the final refit = 7 classifier fits, yet each of the
+    # regParam x standardization candidates x 2 folds + the final MLlib fit, yet each of the
     # 36 training and 12 validation images went through the CNN once.
     assert model.featurizer.rows_processed == 36 + 12
-    assert [g["params"]["regParam"] for g in model.grid_results] == [0.001, 0.1, 1.0]
-    best = max(model.grid_results, key=lambda g: g["cv_accuracy"])
+    tried = {(g["params"]["regParam"], g["params"]["standardization"]) for g in model.grid_results}
+    assert {(r, s) for r in (0.001, 0.1, 1.0) for s in (True, False)} <= tried
+    best = max(model.grid_results, key=lambda g: (g["cv_accuracy"], -g["cv_log_loss"]))
     assert model.classifier_params["regParam"] == best["params"]["regParam"]
+    assert model.classifier_params["standardization"] == best["params"]["standardization"]
     assert model.metrics["accuracy"] >= 0.9
 
 

@@ -66,6 +66,7 @@ def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | 
         "classifier": settings.classifier,
         "classifier_params": model.classifier_params,
         "grid": model.grid_results,
+        "model_selection": model.provenance.get("model_selection"),
         "validation": metrics_report(model.metrics),
     }
 
@@ -87,10 +88,17 @@ def _validation_facts(v: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def _selection_facts(selection: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not selection:
+        return []
+    return [("chosen by CV", f"regParam {selection['regParam']:g}, standardization {selection['standardization']} "
+                             f"(CV accuracy {fmt(selection['cv_accuracy'])}; {selection['method']})")]
+
+
 def _fit_summary(r: dict[str, Any]) -> Summary:
     return Summary(
         f"fitted {r['classifier']} on {len(r['labels'])} classes: model in {r['model']}",
-        [*_validation_facts(r["validation"]), ("classes", r["labels"])],
+        [*_validation_facts(r["validation"]), ("classes", r["labels"]), *_selection_facts(r.get("model_selection"))],
         [f"sparkvision predict --model {r['model']} --input SRC --out PREDICTIONS"],
     )
 
@@ -220,8 +228,10 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     fit.add_argument("--classifier", choices=["logreg", "rf", "gbt", "mlp"], default=defaults.classifier,
                      help="logistic regression (default), random forest, one-vs-rest GBT, multilayer perceptron")
     fit.add_argument("--grid", action="store_true",
-                     help="choose the classifier's parameters by k-fold cross-validation (features computed once)")
-    fit.add_argument("--folds", type=int, default=None, help=f"folds of --grid (default {defaults.grid_folds})")
+                     help="choose the classifier's parameters by k-fold cross-validation (features computed once); "
+                     "logreg always does: regParam and standardization by CV on the cached features")
+    fit.add_argument("--folds", type=int, default=None,
+                     help=f"folds of the cross-validation (default {defaults.grid_folds})")
     fit.add_argument("--model-name", default=None, help=f"registered backbone (default {defaults.model_name})")
     fit.add_argument("--output", choices=["features", "logits"], default=None,
                      help="backbone output to train on (default: pooled features)")

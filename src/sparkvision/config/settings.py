@@ -329,11 +329,20 @@ class TransferSettings(Validated):
     #: Grid search over the classifier's parameters (features computed once and cached).
     grid: bool = False
     grid_folds: int = 3
-    # logreg: multinomial logistic regression on standardised features.
-    logreg_reg_param: float = 0.01
+    # logreg: multinomial logistic regression. regParam and standardization left at None are
+    # chosen by grid_folds-fold cross-validation on the cached features (sparkvision.ml.selection)
+    # over logreg_grid_reg x {True, False}; the grid grows past an end when the best value is there.
+    # MLlib's fixed regParam 0.01 on standardised features lost 0.5-3 points to a cross-validated
+    # scikit-learn probe on the same features (issue 13); standardising amplifies the pooled
+    # features' low-variance dimensions.
+    logreg_reg_param: float | None = None
+    logreg_standardization: bool | None = None
     logreg_elastic_net: float = 0.0
     logreg_max_iter: int = 200
-    logreg_grid_reg: tuple[float, ...] = (0.001, 0.01, 0.1)
+    #: Half-decades over MLlib's scale (mean log loss + regParam * ||w||^2 / 2).
+    logreg_grid_reg: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
+    #: Rows (a stratified seeded sample) the selection cross-validates on, at most; the final fit uses all.
+    logreg_select_max_rows: int = 20_000
     # rf
     rf_num_trees: int = 200
     rf_max_depth: int = 10
@@ -356,6 +365,10 @@ class TransferSettings(Validated):
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.grid_folds < 2:
             raise ValueError(f"grid_folds must be >= 2, got {self.grid_folds!r}")
+        if self.logreg_reg_param is not None and self.logreg_reg_param < 0:
+            raise ValueError(f"logreg_reg_param must be >= 0, got {self.logreg_reg_param!r}")
+        if not self.logreg_grid_reg or min(self.logreg_grid_reg) <= 0:
+            raise ValueError(f"logreg_grid_reg must hold positive values, got {self.logreg_grid_reg!r}")
 
 
 QuantMethod = Literal["static", "dynamic"]

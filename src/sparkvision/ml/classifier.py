@@ -12,8 +12,11 @@ The fitted model is a plain Spark ``PipelineModel`` of six stages::
 
 ``probability`` follows the StringIndexer's label order, which the model directory's
 card records as ``labels``. Fitting featurizes the training images once and caches
-the vectors, so a grid search (``CrossValidator``) over the classifier's parameters
-never runs the CNN again; the fitted pieces are then assembled into the model above.
+the vectors, so model selection never runs the CNN again: logistic regression's
+``regParam`` and ``standardization`` are chosen by k-fold cross-validation on those
+vectors by default (:mod:`sparkvision.ml.selection`), and ``--grid`` searches the other
+classifiers' parameters with ``CrossValidator``. The fitted pieces are then assembled
+into the model above.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +159,20 @@ class PredictionFormatter(Transformer, HasErrorCol, DefaultParamsReadable, Defau
 
 
 def build_classifier(settings: TransferSettings, num_features: int, num_classes: int) -> Estimator:
-    """The MLlib estimator named by ``settings.classifier``, wired to the pipeline's columns."""
+    """The MLlib estimator named by ``settings.classifier``, wired to the pipeline's columns.
+
+    Logistic regression's ``regParam`` and ``standardization`` left at None in ``settings``
+    (chosen by cross-validation in :func:`fit_head`) get MLlib's defaults here.
+    """
     cols = {"featuresCol": FEATURES_FILLED, "labelCol": LABEL_INDEX, "predictionCol": PREDICTION_INDEX}
     probabilistic = {**cols, "rawPredictionCol": RAW_PREDICTION, "probabilityCol": PROBABILITY_VECTOR}
     name = settings.classifier
     if name == "logreg":
+        fixed = {k: v for k, v in (("regParam", settings.logreg_reg_param),
+                                    ("standardization", settings.logreg_standardization)) if v is not None}
         return LogisticRegression(
-            family="multinomial", regParam=settings.logreg_reg_param, elasticNetParam=settings.logreg_elastic_net,
-            maxIter=settings.logreg_max_iter, **probabilistic,
+            family="multinomial", elasticNetParam=settings.logreg_elastic_net, maxIter=settings.logreg_max_iter,
+            **fixed, **probabilistic,
         )
     if name == "rf":
         return RandomForestClassifier(
@@ -185,12 +194,11 @@ def _gbt(max_iter: int, max_depth: int, seed: int) -> GBTClassifier:
 
 
 def param_grid(settings: TransferSettings, estimator: Estimator, num_features: int, num_classes: int) -> list:
-    """The grid searched by ``--grid`` for each classifier (values in ``TransferSettings``)."""
+    """The ``CrossValidator`` grid of ``--grid`` for rf, gbt and mlp (values in ``TransferSettings``;
+    logistic regression's grid is searched by :func:`fit_head` instead)."""
     grid = ParamGridBuilder()
     name = settings.classifier
-    if name == "logreg":
-        grid.addGrid(estimator.regParam, list(settings.logreg_grid_reg))
-    elif name == "rf":
+    if name == "rf":
         grid.addGrid(estimator.numTrees, list(settings.rf_grid_trees))
         grid.addGrid(estimator.maxDepth, list(settings.rf_grid_depth))
     elif name == "gbt":
@@ -206,7 +214,7 @@ def param_grid(settings: TransferSettings, estimator: Estimator, num_features: i
 def _describe_params(model: Model | Estimator, name: str) -> dict[str, Any]:
     """The classifier's tunable parameters as plain values, for provenance."""
     keys = {
-        "logreg": ["regParam", "elasticNetParam", "maxIter", "family"],
+        "logreg": ["regParam", "standardization", "elasticNetParam", "maxIter", "family"],
         "rf": ["numTrees", "maxDepth", "seed"],
         "mlp": ["layers", "maxIter", "stepSize", "seed"],
     }.get(name, [])
@@ -223,6 +231,78 @@ def _describe_params(model: Model | Estimator, name: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- fitting
+
+
+@dataclass
+class HeadFit:
+    """A fitted classifier on feature vectors, with how its parameters were chosen."""
+
+    model: Model
+    #: One entry per candidate: {"params": {...}, "cv_accuracy": ...} (and "cv_log_loss" for logreg).
+    grid_results: list[dict[str, Any]] = field(default_factory=list)
+    #: Logistic regression's cross-validated choice (:meth:`LogRegSelection.to_dict` without the candidates).
+    selection: dict[str, Any] | None = None
+
+
+def _selects_logreg(settings: TransferSettings) -> bool:
+    return settings.classifier == "logreg" and (
+        settings.grid or settings.logreg_reg_param is None or settings.logreg_standardization is None)
+
+
+def feature_matrix(prepared: DataFrame, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features, label index) of ``prepared`` on the driver; above ``max_rows``, a stratified seeded sample."""
+    total = prepared.count()
+    if total > max_rows:
+        classes = [r[0] for r in prepared.select(LABEL_INDEX).distinct().collect()]
+        prepared = prepared.sampleBy(LABEL_INDEX, {c: max_rows / total for c in classes}, seed)
+    rows = prepared.select(vector_to_array(FEATURES_FILLED).alias("x"), LABEL_INDEX).toPandas()
+    features = np.stack(rows["x"].to_numpy()) if len(rows) else np.empty((0, 0))
+    return features, rows[LABEL_INDEX].to_numpy()
+
+
+def fit_head(prepared: DataFrame, settings: TransferSettings, num_features: int, num_classes: int) -> HeadFit:
+    """Fit ``settings.classifier`` on cached (features, label index) rows, choosing its parameters first.
+
+    Logistic regression: a ``regParam`` or ``standardization`` left at None (the default),
+    or all of ``logreg_grid_reg`` with ``settings.grid``, is chosen by k-fold CV on the
+    vectors (:func:`sparkvision.ml.selection.select_logreg`), then MLlib fits the chosen
+    model on every row. Other classifiers: ``settings.grid`` runs MLlib's ``CrossValidator``.
+    """
+    if _selects_logreg(settings):
+        from sparkvision.ml.selection import select_logreg
+
+        features, labels = feature_matrix(prepared, settings.logreg_select_max_rows, settings.seed)
+        fixed_reg = None if settings.grid else settings.logreg_reg_param
+        chosen = select_logreg(
+            features, labels,
+            reg_grid=[fixed_reg] if fixed_reg is not None else settings.logreg_grid_reg,
+            standardization=(True, False) if settings.logreg_standardization is None
+            else (settings.logreg_standardization,),
+            folds=settings.grid_folds, seed=settings.seed, max_iter=settings.logreg_max_iter,
+            grid_limits=(fixed_reg, fixed_reg) if fixed_reg is not None else (1e-7, 100.0),
+        )
+        resolved = replace(settings, logreg_reg_param=chosen.reg_param, logreg_standardization=chosen.standardization)
+        model = build_classifier(resolved, num_features, num_classes).fit(prepared)
+        results = [{"params": {"regParam": s.reg_param, "standardization": s.standardization},
+                    "cv_accuracy": s.cv_accuracy, "cv_log_loss": s.cv_log_loss} for s in chosen.scores]
+        summary = {k: v for k, v in chosen.to_dict().items() if k != "candidates"}
+        return HeadFit(model, results, summary)
+    estimator = build_classifier(settings, num_features, num_classes)
+    if not settings.grid:
+        return HeadFit(estimator.fit(prepared))
+    grid = param_grid(settings, estimator, num_features, num_classes)
+    evaluator = MulticlassClassificationEvaluator(
+        labelCol=LABEL_INDEX, predictionCol=PREDICTION_INDEX, metricName="accuracy"
+    )
+    search = CrossValidator(
+        estimator=estimator, estimatorParamMaps=grid, evaluator=evaluator,
+        numFolds=settings.grid_folds, seed=settings.seed, parallelism=1,
+    )
+    cv_model = search.fit(prepared)
+    results = [{"params": {p.name: _plain(v) for p, v in params.items()}, "cv_accuracy": float(score)}
+               for params, score in zip(grid, cv_model.avgMetrics, strict=True)]
+    log.info("grid search: %s", results)
+    return HeadFit(cv_model.bestModel, results)
 
 
 @dataclass
@@ -307,8 +387,9 @@ def fit_transfer(
     """Fit featurizer + StringIndexer + classifier on ``train`` (IMAGE_SCHEMA rows with labels).
 
     Rows with errors or without a label are left out of training (their count is
-    logged and recorded). With ``settings.grid`` the classifier's parameters are chosen
-    by k-fold cross-validation on the cached features. With ``val``, the returned
+    logged and recorded). The classifier's parameters are chosen by k-fold cross-validation
+    on the cached features (by default for logistic regression, with ``settings.grid`` for
+    every classifier; see :func:`fit_head`). With ``val``, the returned
     model's ``metrics`` are its validation metrics.
     """
     settings = settings or TransferSettings()
@@ -337,29 +418,11 @@ def fit_transfer(
         filler = NullVectorFiller(inputCol=FEATURES, outputCol=FEATURES_FILLED, size=num_features)
         prepared = filler.transform(indexer.transform(train_features)).select(FEATURES_FILLED, LABEL_INDEX)
         prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
-        estimator = build_classifier(settings, num_features, len(labels))
-        grid_results: list[dict[str, Any]] = []
         try:
-            if settings.grid:
-                grid = param_grid(settings, estimator, num_features, len(labels))
-                evaluator = MulticlassClassificationEvaluator(
-                    labelCol=LABEL_INDEX, predictionCol=PREDICTION_INDEX, metricName="accuracy"
-                )
-                search = CrossValidator(
-                    estimator=estimator, estimatorParamMaps=grid, evaluator=evaluator,
-                    numFolds=settings.grid_folds, seed=settings.seed, parallelism=1,
-                )
-                cv_model = search.fit(prepared)
-                classifier_model = cv_model.bestModel
-                for params, score in zip(grid, cv_model.avgMetrics, strict=True):
-                    grid_results.append({
-                        "params": {p.name: _plain(v) for p, v in params.items()}, "cv_accuracy": float(score),
-                    })
-                log.info("grid search: %s", grid_results)
-            else:
-                classifier_model = estimator.fit(prepared)
+            head = fit_head(prepared, settings, num_features, len(labels))
         finally:
             prepared.unpersist()
+        classifier_model, grid_results = head.model, head.grid_results
     finally:
         train_features.unpersist()
     stages = [
@@ -386,6 +449,7 @@ def fit_transfer(
             "classifier": settings.classifier,
             "classifier_params": classifier_params,
             "grid": grid_results,
+            **({"model_selection": head.selection} if head.selection else {}),
             "seed": settings.seed,
             "train_rows": counts,
             "settings": _plain(asdict(settings)),

@@ -1,0 +1,82 @@
+"""Logistic regression's regParam and standardization chosen by k-fold CV on real cached features
+(``sparkvision.ml.selection``, no Spark): interior choices, a grid that grows past its end, and
+accuracy against the issue-13 hand probe (scikit-learn, C by 3-fold CV from {0.1, 1, 10})."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+
+from sparkvision.config import TransferSettings
+from sparkvision.ml.selection import _path_scores, select_logreg, stratified_folds
+from sparkvision.models.runner import ClassifierRunner
+
+CLASSES = ["cassette_player", "chain_saw", "church", "english_springer", "french_horn", "garbage_truck",
+           "gas_pump", "golf_ball", "parachute", "tench"]
+
+
+@pytest.fixture(scope="module")
+def features(imagenette):
+    """Pooled EfficientNet-Lite0 vectors of 20 train and 10 val photos per class (the featurizer's own runner)."""
+    runner = ClassifierRunner.from_registry("efficientnet_lite0", threads=1, batch_size=16)
+
+    def split(name: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        files = [(c, f) for c in CLASSES for f in sorted((imagenette / name / c).iterdir())[:per_class]]
+        out = runner.features([f.read_bytes() for _, f in files])
+        assert out.errors == [None] * len(files)
+        return out.values, np.array([c for c, _ in files])
+
+    return split("train", 20), split("val", 10)
+
+
+def test_folds_are_stratified_and_seeded():
+    labels = np.array(["a"] * 10 + ["b"] * 7)
+    folds = stratified_folds(labels, 3, seed=1)
+    assert np.array_equal(folds, stratified_folds(labels, 3, seed=1))
+    assert not np.array_equal(folds, stratified_folds(labels, 3, seed=2))
+    for value, size in (("a", 10), ("b", 7)):
+        counts = np.bincount(folds[labels == value], minlength=3)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == size
+
+
+def test_default_grid_choice_is_interior_recorded_and_matches_the_hand_probe(features):
+    (x, y), (x_val, y_val) = features
+    grid = TransferSettings().logreg_grid_reg
+    chosen = select_logreg(x, y, grid, folds=3, seed=42)
+    tried = sorted({s.reg_param for s in chosen.scores})
+    assert set(grid) <= set(tried)
+    assert tried[0] < chosen.reg_param < tried[-1]  # never the end of the grid it searched
+    assert {s.standardization for s in chosen.scores} == {True, False}  # both decided by CV
+    assert len(chosen.scores) == 2 * len(tried) and chosen.folds == 3 and chosen.rows == 200
+    best = max(chosen.scores, key=lambda s: (s.cv_accuracy, -s.cv_log_loss))
+    assert (best.reg_param, best.standardization) == (chosen.reg_param, chosen.standardization)
+    record = chosen.to_dict()
+    assert record["regParam"] == chosen.reg_param and record["standardization"] == chosen.standardization
+
+    # The chosen model, refitted on all 200 rows, against the hand probe on the same vectors.
+    ours = _path_scores(x, y, x_val, y_val, [chosen.reg_param], chosen.standardization, np.unique(y), 500)[0][0]
+    probe = GridSearchCV(LogisticRegression(max_iter=1000), {"C": [0.1, 1, 10]}, cv=3).fit(x, y)
+    theirs = float(np.mean(probe.predict(x_val) == y_val))
+    assert ours >= theirs - 0.02, (ours, theirs)  # at most 2 of 100 photos behind
+    assert ours >= 0.95
+
+
+def test_a_grid_whose_best_value_is_at_its_end_is_extended(features):
+    (x, y), _ = features
+    # Far too strong for these features: the search must walk down past the given grid.
+    chosen = select_logreg(x, y, [30.0, 10.0], standardization=(False,), folds=3, seed=42)
+    tried = sorted({s.reg_param for s in chosen.scores})
+    assert chosen.reg_param < 10.0 and tried[0] < chosen.reg_param
+    assert all(s.standardization is False for s in chosen.scores)
+
+
+def test_bad_inputs_are_refused_with_a_reason():
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        select_logreg(x, np.array(["a"] * 6), [0.1])
+    with pytest.raises(ValueError, match="at least 2 rows of every class"):
+        select_logreg(x, np.array(["a"] * 5 + ["b"]), [0.1])
+    with pytest.raises(ValueError, match="positive"):
+        select_logreg(x, np.array(["a", "b"] * 3), [0.0])
