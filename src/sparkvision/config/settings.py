@@ -338,7 +338,12 @@ class TransferSettings(Validated):
     logreg_reg_param: float | None = None
     logreg_standardization: bool | None = None
     logreg_elastic_net: float = 0.0
-    logreg_max_iter: int = 200
+    #: MLlib's L-BFGS steps. Without standardization it converges slowly (it works in standardised
+    #: space, where the penalty is then badly conditioned): on Fashion-MNIST's 4,000 vectors, 200 steps
+    #: gave 0.871 val accuracy and 1,000 gave 0.887.
+    logreg_max_iter: int = 1000
+    #: scikit-learn L-BFGS steps per candidate of the selection (warm-started along the path).
+    logreg_select_max_iter: int = 200
     #: Half-decades over MLlib's scale (mean log loss + regParam * ||w||^2 / 2).
     logreg_grid_reg: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
     #: Rows (a stratified seeded sample) the selection cross-validates on, at most; the final fit uses all.

@@ -278,7 +278,7 @@ def fit_head(prepared: DataFrame, settings: TransferSettings, num_features: int,
             reg_grid=[fixed_reg] if fixed_reg is not None else settings.logreg_grid_reg,
             standardization=(True, False) if settings.logreg_standardization is None
             else (settings.logreg_standardization,),
-            folds=settings.grid_folds, seed=settings.seed, max_iter=settings.logreg_max_iter,
+            folds=settings.grid_folds, seed=settings.seed, max_iter=settings.logreg_select_max_iter,
             grid_limits=(fixed_reg, fixed_reg) if fixed_reg is not None else (1e-7, 100.0),
         )
         resolved = replace(settings, logreg_reg_param=chosen.reg_param, logreg_standardization=chosen.standardization)
