@@ -50,7 +50,7 @@ def test_default_grid_choice_is_interior_recorded_and_matches_the_hand_probe(fea
     assert tried[0] < chosen.reg_param < tried[-1]  # never the end of the grid it searched
     assert {s.standardization for s in chosen.scores} == {True, False}  # both decided by CV
     assert len(chosen.scores) == 2 * len(tried) and chosen.folds == 3 and chosen.rows == 200
-    best = max(chosen.scores, key=lambda s: (s.cv_accuracy, -s.cv_log_loss))
+    best = max(chosen.scores, key=lambda s: (s.cv_accuracy, s.reg_param, -s.cv_log_loss))
     assert (best.reg_param, best.standardization) == (chosen.reg_param, chosen.standardization)
     record = chosen.to_dict()
     assert record["regParam"] == chosen.reg_param and record["standardization"] == chosen.standardization
@@ -63,13 +63,31 @@ def test_default_grid_choice_is_interior_recorded_and_matches_the_hand_probe(fea
     assert ours >= 0.95
 
 
-def test_a_grid_whose_best_value_is_at_its_end_is_extended(features):
-    (x, y), _ = features
-    # Far too strong for these features: the search must walk down past the given grid.
-    chosen = select_logreg(x, y, [30.0, 10.0], standardization=(False,), folds=3, seed=42)
+def test_a_grid_whose_best_value_is_at_its_end_is_extended():
+    # Two separable, unbalanced classes. Far too strong a penalty shrinks the weights to
+    # nothing and the unpenalised intercept then predicts the larger class for every row
+    # (accuracy 30/42); at 3.0 a few rows are still wrong, and the weakest value being strictly
+    # the best, the search must walk down past the given grid.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(42, 3))
+    x[:30, 0] += 3.0
+    x[30:, 0] -= 3.0
+    y = np.array(["a"] * 30 + ["b"] * 12)
+    chosen = select_logreg(x, y, [10.0, 3.0], standardization=(False,), folds=3, seed=0)
     tried = sorted({s.reg_param for s in chosen.scores})
-    assert chosen.reg_param < 10.0 and tried[0] < chosen.reg_param
+    assert max(s.cv_accuracy for s in chosen.scores if s.reg_param >= 3.0) < chosen.cv_accuracy == 1.0
+    assert chosen.reg_param < 3.0 and tried[0] < chosen.reg_param  # extended, and the choice is interior
+    assert chosen.reg_param == 0.9  # 3.0 / (10 / 3), rounded to 3 significant digits
     assert all(s.standardization is False for s in chosen.scores)
+
+
+def test_ties_on_separable_data_go_to_the_strongest_value_without_walking_off_the_grid():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-5, 1, size=(12, 3)), rng.normal(5, 1, size=(12, 3))])
+    y = np.array(["a"] * 12 + ["b"] * 12)
+    chosen = select_logreg(x, y, [1.0, 0.1, 0.01], folds=3, seed=0)
+    assert {s.cv_accuracy for s in chosen.scores} == {1.0}
+    assert chosen.reg_param == 1.0 and sorted({s.reg_param for s in chosen.scores}) == [0.01, 0.1, 1.0]
 
 
 def test_bad_inputs_are_refused_with_a_reason():

@@ -113,11 +113,12 @@ def select_logreg(
 ) -> LogRegSelection:
     """The (regParam, standardization) with the best mean held-out accuracy over ``folds`` stratified folds.
 
-    Ties (common on small sets: accuracy moves in steps of one image) go to the lower mean
-    log loss. Log loss alone picked worse on imagenette-mini: the weakly regularised fits
-    stop before converging, and their log loss is not monotone in ``regParam``. When the best ``regParam``
-    is the grid's smallest or largest, the grid is extended one step (the grid's
-    smallest ratio) beyond it, within ``grid_limits``, until the best value is interior.
+    Ties (common on small sets: accuracy moves in steps of one image) go to the stronger
+    regularisation, then to the lower mean log loss: on separable data log loss keeps
+    falling as ``regParam`` does, and MLlib's final fit would then run all its steps. Log
+    loss alone picked worse on imagenette-mini. When the best ``regParam`` is the grid's
+    smallest or largest and strictly more accurate than every other value tried, the grid
+    is extended one step (the grid's smallest ratio) beyond it, within ``grid_limits``.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
@@ -146,12 +147,15 @@ def select_logreg(
 
     score(grid)
     while True:
-        best_reg, best_std = max(sums, key=lambda key: (sums[key][0], -sums[key][1], key[0]))
+        best_reg, best_std = max(sums, key=lambda key: (sums[key][0], key[0], -sums[key][1]))
         tried = sorted({reg for reg, _ in sums})
+        inner = max((v[0] for (reg, _), v in sums.items() if reg != best_reg), default=-1.0)
+        if sums[(best_reg, best_std)][0] <= inner:
+            break
         if best_reg == tried[-1] and best_reg * ratio <= grid_limits[1]:
-            score([best_reg * ratio])
+            score([float(f"{best_reg * ratio:.3g}")])
         elif best_reg == tried[0] and best_reg / ratio >= grid_limits[0]:
-            score([best_reg / ratio])
+            score([float(f"{best_reg / ratio:.3g}")])
         else:
             break
     scores = [CVScore(reg, std, float(v[0]), float(v[1]))
