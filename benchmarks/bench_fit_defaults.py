@@ -120,8 +120,8 @@ def run(quick: bool = False) -> Result:
         "Validation accuracy of three logistic regressions on the same pooled EfficientNet-Lite0 vectors "
         "(the `ImageFeaturizer` stage's, computed once per set): `fit` before issue 13 (MLlib, regParam 0.01, "
         "standardised features), `fit` defaults now (regParam over 1e-4..1 in half-decades x standardization "
-        "on/off, chosen by 3-fold stratified CV accuracy on the cached vectors, ties by log loss, the grid extended past an end when the "
-        "best value is there; then MLlib on every row), and the hand probe (scikit-learn, C by 3-fold CV from "
+        "on/off, chosen by 3-fold stratified CV accuracy on the cached vectors, ties to the stronger regParam, the grid "
+        "extended past an end that is strictly best; then MLlib on every row), and the hand probe (scikit-learn, C by 3-fold CV from "
         "{0.1, 1, 10}).",
         table(["set", "train / val", "fit before", "**fit defaults now**", "hand probe", "chosen by fit",
                "chosen by probe", "featurize / fit now / probe s"], rows),
