@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 
 from sparkvision.config import TransferSettings
-from sparkvision.ml.selection import _path_scores, select_logreg, stratified_folds
+from sparkvision.ml.selection import _path_scores, fit_logreg, select_logreg, stratified_folds
 from sparkvision.models.runner import ClassifierRunner
 
 CLASSES = ["cassette_player", "chain_saw", "church", "english_springer", "french_horn", "garbage_truck",
@@ -66,18 +66,18 @@ def test_default_grid_choice_is_interior_recorded_and_matches_the_hand_probe(fea
 def test_a_grid_whose_best_value_is_at_its_end_is_extended():
     # Two separable, unbalanced classes. Far too strong a penalty shrinks the weights to
     # nothing and the unpenalised intercept then predicts the larger class for every row
-    # (accuracy 30/42); at 3.0 a few rows are still wrong, and the weakest value being strictly
+    # (accuracy 30/42); at 6.0 a few rows are still wrong, and the weakest value being strictly
     # the best, the search must walk down past the given grid.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(42, 3))
     x[:30, 0] += 3.0
     x[30:, 0] -= 3.0
     y = np.array(["a"] * 30 + ["b"] * 12)
-    chosen = select_logreg(x, y, [10.0, 3.0], standardization=(False,), folds=3, seed=0)
+    chosen = select_logreg(x, y, [20.0, 6.0], standardization=(False,), folds=3, seed=0)
     tried = sorted({s.reg_param for s in chosen.scores})
-    assert max(s.cv_accuracy for s in chosen.scores if s.reg_param >= 3.0) < chosen.cv_accuracy == 1.0
-    assert chosen.reg_param < 3.0 and tried[0] < chosen.reg_param  # extended, and the choice is interior
-    assert chosen.reg_param == 0.9  # 3.0 / (10 / 3), rounded to 3 significant digits
+    assert max(s.cv_accuracy for s in chosen.scores if s.reg_param >= 6.0) < chosen.cv_accuracy == 1.0
+    assert chosen.reg_param < 6.0 and tried[0] < chosen.reg_param  # extended, and the choice is interior
+    assert chosen.reg_param == 1.8  # 6.0 / (20 / 6), rounded to 3 significant digits
     assert all(s.standardization is False for s in chosen.scores)
 
 
@@ -88,6 +88,33 @@ def test_ties_on_separable_data_go_to_the_strongest_value_without_walking_off_th
     chosen = select_logreg(x, y, [1.0, 0.1, 0.01], folds=3, seed=0)
     assert {s.cv_accuracy for s in chosen.scores} == {1.0}
     assert chosen.reg_param == 1.0 and sorted({s.reg_param for s in chosen.scores}) == [0.01, 0.1, 1.0]
+
+
+@pytest.mark.parametrize(("classes", "reg_param", "standardization"), [(2, 0.3, False), (3, 0.03, True)])
+def test_the_driver_fit_is_the_model_mllib_fits(spark, features, classes, reg_param, standardization):
+    """``fit`` hands MLlib the optimum of its own objective: MLlib fitting the same rows agrees."""
+    from pyspark.ml.classification import LogisticRegression as MLlibLogisticRegression
+    from pyspark.ml.linalg import Vectors
+
+    from sparkvision.ml.classifier import logreg_model
+
+    (x, y), _ = features
+    keep = np.isin(y, CLASSES[:classes])
+    # 32 of the 1,280 dimensions: MLlib's own fit without standardization crawls on all of them
+    x, labels = x[keep][:, :32], np.searchsorted(CLASSES, y[keep])
+    frame = spark.createDataFrame([(Vectors.dense(row.tolist()), float(label)) for row, label in zip(x, labels, strict=True)],
+                                  ["features", "label"])
+    estimator = MLlibLogisticRegression(family="multinomial", regParam=reg_param, standardization=standardization,
+                                        maxIter=1000, tol=1e-10)
+    theirs = estimator.fit(frame)
+    coefficients, intercepts = fit_logreg(x, labels, classes, reg_param, standardization)
+    ours = logreg_model(estimator, coefficients, intercepts)
+    assert ours.uid == estimator.uid and ours.getRegParam() == reg_param and ours.numClasses == classes
+    np.testing.assert_allclose(ours.coefficientMatrix.toArray(), theirs.coefficientMatrix.toArray(), atol=1e-4)
+    np.testing.assert_allclose(intercepts, theirs.interceptVector.toArray(), atol=1e-4)
+    theirs_p, ours_p = (np.array([r.probability.toArray() for r in m.transform(frame).collect()]) for m in (theirs, ours))
+    np.testing.assert_allclose(ours_p, theirs_p, atol=1e-5)
+    assert np.abs(theirs_p - 1 / classes).max() > 0.2  # a fitted model, not a uniform one
 
 
 def test_bad_inputs_are_refused_with_a_reason():

@@ -34,6 +34,7 @@ from pyspark.ml import Estimator, Model, PipelineModel, Transformer
 from pyspark.ml.classification import (
     GBTClassifier,
     LogisticRegression,
+    LogisticRegressionModel,
     MultilayerPerceptronClassifier,
     OneVsRest,
     RandomForestClassifier,
@@ -41,12 +42,14 @@ from pyspark.ml.classification import (
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.ml.feature import IndexToString, StringIndexer
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.utils import is_remote
 
 from sparkvision import storage
 from sparkvision.config import PreprocessConfig, TransferSettings
@@ -249,9 +252,10 @@ def _selects_logreg(settings: TransferSettings) -> bool:
         settings.grid or settings.logreg_reg_param is None or settings.logreg_standardization is None)
 
 
-def feature_matrix(prepared: DataFrame, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def feature_matrix(prepared: DataFrame, max_rows: int, seed: int,
+                   total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features, label index) of ``prepared`` on the driver; above ``max_rows``, a stratified seeded sample."""
-    total = prepared.count()
+    total = prepared.count() if total is None else total
     if total > max_rows:
         classes = [r[0] for r in prepared.select(LABEL_INDEX).distinct().collect()]
         prepared = prepared.sampleBy(LABEL_INDEX, {c: max_rows / total for c in classes}, seed)
@@ -260,18 +264,36 @@ def feature_matrix(prepared: DataFrame, max_rows: int, seed: int) -> tuple[np.nd
     return features, rows[LABEL_INDEX].to_numpy()
 
 
+def logreg_model(estimator: LogisticRegression, coefficients: np.ndarray,
+                 intercepts: np.ndarray) -> LogisticRegressionModel:
+    """The multinomial MLlib model with these parameters, as ``estimator.fit`` returns one (classic sessions)."""
+    from pyspark import SparkContext
+    from pyspark.ml.common import _py2java
+
+    sc = SparkContext._active_spark_context
+    k, d = coefficients.shape
+    matrix = DenseMatrix(k, d, np.asarray(coefficients, dtype=np.float64).ravel(order="F").tolist())
+    java = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
+        estimator.uid, _py2java(sc, matrix), _py2java(sc, DenseVector(np.asarray(intercepts).tolist())), k, True)
+    return estimator._copyValues(LogisticRegressionModel(java))
+
+
 def fit_head(prepared: DataFrame, settings: TransferSettings, num_features: int, num_classes: int) -> HeadFit:
     """Fit ``settings.classifier`` on cached (features, label index) rows, choosing its parameters first.
 
     Logistic regression: a ``regParam`` or ``standardization`` left at None (the default),
     or all of ``logreg_grid_reg`` with ``settings.grid``, is chosen by k-fold CV on the
-    vectors (:func:`sparkvision.ml.selection.select_logreg`), then MLlib fits the chosen
-    model on every row. Other classifiers: ``settings.grid`` runs MLlib's ``CrossValidator``.
+    vectors (:func:`sparkvision.ml.selection.select_logreg`). The chosen model on every row
+    is solved on the driver when every row is there already (:func:`~sparkvision.ml.selection.fit_logreg`,
+    the same optimum as MLlib's, handed to MLlib by :func:`logreg_model`); above
+    ``logreg_select_max_rows`` rows, or over Spark Connect, MLlib fits it. Other classifiers:
+    ``settings.grid`` runs MLlib's ``CrossValidator``.
     """
     if _selects_logreg(settings):
-        from sparkvision.ml.selection import select_logreg
+        from sparkvision.ml.selection import fit_logreg, select_logreg
 
-        features, labels = feature_matrix(prepared, settings.logreg_select_max_rows, settings.seed)
+        total = prepared.count()
+        features, labels = feature_matrix(prepared, settings.logreg_select_max_rows, settings.seed, total)
         fixed_reg = None if settings.grid else settings.logreg_reg_param
         chosen = select_logreg(
             features, labels,
@@ -282,7 +304,15 @@ def fit_head(prepared: DataFrame, settings: TransferSettings, num_features: int,
             grid_limits=(fixed_reg, fixed_reg) if fixed_reg is not None else (1e-7, 100.0),
         )
         resolved = replace(settings, logreg_reg_param=chosen.reg_param, logreg_standardization=chosen.standardization)
-        model = build_classifier(resolved, num_features, num_classes).fit(prepared)
+        estimator = build_classifier(resolved, num_features, num_classes)
+        if total <= settings.logreg_select_max_rows and len(np.unique(labels)) == num_classes and not is_remote():
+            # Every row is on the driver already: solve MLlib's objective there (seconds) and
+            # hand MLlib the optimum, instead of one Spark job per L-BFGS step (minutes).
+            coefficients, intercepts = fit_logreg(features, labels, num_classes, chosen.reg_param,
+                                                  chosen.standardization, max_iter=settings.logreg_max_iter)
+            model = logreg_model(estimator, coefficients, intercepts)
+        else:
+            model = estimator.fit(prepared)
         results = [{"params": {"regParam": s.reg_param, "standardization": s.standardization},
                     "cv_accuracy": s.cv_accuracy, "cv_log_loss": s.cv_log_loss} for s in chosen.scores]
         summary = {k: v for k, v in chosen.to_dict().items() if k != "candidates"}
