@@ -53,13 +53,18 @@ def cli(spark):
 
 
 @pytest.fixture(scope="session")
-def fitted_imagenette(spark, imagenette, tmp_path_factory) -> dict:
+def fitted_imagenette(spark, imagenette) -> dict:
     """``sparkvision fit`` on 10 train photos per class of imagenette-mini (8 to fit, 2 held out): the small
     real transfer-learning model (kind spark_pipeline, with model.onnx) that the evaluation, export, optimize
     and serving tests share. Tests must not change it: copy it first (``shutil.copytree``)."""
     import json
 
-    model_dir = tmp_path_factory.mktemp("fitted") / "imagenette"
-    code, out = run_main("fit", "--train", imagenette / "train", "--per-class", 10, "--out", model_dir)
-    assert code == 0
-    return {"model_dir": model_dir, **json.loads(out)}
+    from run_cache import built_once
+
+    def fit(model_dir: Path) -> dict:
+        code, out = run_main("fit", "--train", imagenette / "train", "--per-class", 10, "--out", model_dir)
+        assert code == 0
+        return json.loads(out)
+
+    model_dir, printed = built_once("fitted-imagenette", fit)  # once per run, shared by xdist workers
+    return {"model_dir": model_dir, **printed}

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import functools
 import io
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from run_cache import built_once
 
 from sparkvision.testing.synthetic_scenes import fit_small_detector, train_scene_detector, write_colour_screen
 
@@ -57,7 +57,12 @@ def truth(index: int, scale: int = 1) -> dict[str, np.ndarray]:
 
 @functools.cache
 def detector_model_dir(steps: int = 150) -> Path:
-    """About 30 s of one core: 150 Adam steps at lr 1e-3 reach IoU > 0.9 on every box.
+    """The tiny scene detector's model directory, trained once per test run (shared by xdist workers)."""
+    return built_once(f"tiny-detector-{steps}", lambda out: _train_detector(out, steps))[0]
+
+
+def _train_detector(out: Path, steps: int) -> None:
+    """About 30 s of one core: ``steps`` Adam steps at lr 1e-3 (150 reach IoU > 0.9 on every box).
 
     (At lr 2e-3 and above a box side's ReLU output can die early and never learn.)
     """
@@ -103,12 +108,10 @@ def detector_model_dir(steps: int = 150) -> Path:
     finally:
         torch.set_num_threads(threads)
 
-    out = Path(tempfile.mkdtemp(prefix="sv-detector-")) / "tiny-detector"
     export_onnx(DetectorExport(model.eval(), INPUT, INPUT).eval(), out / ONNX_FILE, (3, INPUT, INPUT),
                 with_features=False, output_names=["boxes", "scores"])
     save_card(out, ModelCard(name="tiny-detector", kind="detector", labels=list(CLASSES), preprocess=config,
                              architecture="fcos_lite0", provenance={"note": "tests/detection_helpers.py"}))
-    return out
 
 
 def _one_thread() -> None:
