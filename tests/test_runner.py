@@ -119,3 +119,28 @@ def test_a_model_whose_scores_do_not_match_its_labels_gives_model_errors_and_nee
     assert error_kind(rows.errors[1]) == "empty_file"
     with pytest.raises(ValueError, match="has no 'logits' output"):
         ClassifierRunner(_channel_log_mean_graph("scores"), TINY, outputs={"scores": "scores"}, labels=["a"])
+
+
+def test_flip_tta_averages_each_output_over_the_photo_and_its_pillow_mirror(good):
+    """The reference is the plain runner on the photo and on Pillow's left-right mirror of it (lossless PNG)."""
+    model_dir = imagenet_model_dir()
+    plain = ClassifierRunner.from_model_dir(model_dir, threads=1, batch_size=2)
+    flipped = ClassifierRunner.from_model_dir(model_dir, threads=1, batch_size=2, tta="flip")
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    photos_png = [png(Image.open(io.BytesIO(b)).convert("RGB")) for b in good]
+    mirrors = [png(Image.open(io.BytesIO(b)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)) for b in photos_png]
+    both = [plain.features(photos_png).values, plain.features(mirrors).values]
+    got = flipped.features([*photos_png, b"broken"])
+    assert got.index.tolist() == [0, 1, 2] and error_kind(got.errors[3]) == "not_an_image"
+    np.testing.assert_allclose(got.values, (both[0] + both[1]) / 2, atol=2e-3)
+    assert np.abs(both[0] - both[1]).max() > 0.05  # the mirror really is another input
+    logits = [plain.vectors(photos_png, "logits").values, plain.vectors(mirrors, "logits").values]
+    want = softmax(((logits[0] + logits[1]) / 2).astype(np.float64), axis=1)
+    np.testing.assert_allclose(flipped.predict_proba(photos_png).values, want, atol=1e-3)
+    with pytest.raises(ValueError, match="tta must be one of"):
+        ClassifierRunner.from_model_dir(model_dir, tta="rotate")

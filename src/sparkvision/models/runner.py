@@ -169,6 +169,10 @@ def from_model_dir(model_dir: str | Path, card: ModelCard | None = None) -> Mode
 # ---------------------------------------------------------------- results per row
 
 
+#: Test-time augmentations a classifier runner offers (``--tta``).
+TTA_MODES = ("none", "flip")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (probabilities that sum to 1 to within 1e-12)."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
@@ -315,11 +319,15 @@ class OnnxImageRunner:
     def run(self, tensor: np.ndarray, roles: Sequence[str]) -> list[np.ndarray]:
         """The outputs named by ``roles`` for a preprocessed NCHW tensor, ``batch_size`` rows per call."""
         names = [self.output_name(r) for r in roles]
-        parts = [self.session.run(tensor[i:i + self.batch_size], names) for i in range(0, len(tensor), self.batch_size)]
+        parts = [self._forward(tensor[i:i + self.batch_size], names) for i in range(0, len(tensor), self.batch_size)]
         if parts:
             return [np.concatenate(p) for p in zip(*parts, strict=True)]
         declared = {o.name: o.shape for o in self.session.session.get_outputs()}
         return [np.empty((0, *[d if isinstance(d, int) else 0 for d in declared[n][1:]]), np.float32) for n in names]
+
+    def _forward(self, tensor: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """One model call on a batch; subclasses add test-time augmentation here."""
+        return self.session.run(tensor, names)
 
     def run_images(self, images: Images, roles: Sequence[str]) -> RowOutputs[list[np.ndarray]]:
         """The outputs named by ``roles`` for encoded images, with an error for each row that did not run."""
@@ -358,7 +366,7 @@ class OnnxImageRunner:
     def _run_rows(self, tensor: np.ndarray, names: list[str]) -> tuple[list[np.ndarray], dict[int, str]]:
         """One call for the batch; if it fails, each image alone. Failed rows' values are zeros."""
         try:
-            outputs = self.session.run(tensor, names)
+            outputs = self._forward(tensor, names)
             shapes = [out.shape for out in outputs]
             if any(len(s) < 1 or s[0] != len(tensor) for s in shapes):
                 raise ValueError(f"unexpected output shapes {shapes} for {len(tensor)} images")
@@ -369,7 +377,7 @@ class OnnxImageRunner:
         failed: dict[int, str] = {}
         for k in range(len(tensor)):
             try:
-                outs = self.session.run(tensor[k:k + 1], names)
+                outs = self._forward(tensor[k:k + 1], names)
                 if any(out.ndim < 1 or out.shape[0] != 1 for out in outs):
                     raise ValueError(f"unexpected output shapes {[out.shape for out in outs]}")
                 rows.append([out[0] for out in outs])
@@ -398,11 +406,29 @@ class ClassifierRunner(OnnxImageRunner):
     arrays, raising if the model fails) or encoded images (and give :class:`RowOutputs`).
     """
 
-    def __init__(self, model: bytes | Callable[[], bytes], preprocess: PreprocessConfig, **options: Any) -> None:
+    def __init__(self, model: bytes | Callable[[], bytes], preprocess: PreprocessConfig, *, tta: str = "none",
+                 **options: Any) -> None:
         super().__init__(model, preprocess, **options)
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        #: Test-time augmentation: "flip" averages each output over the image and its mirror image.
+        self.tta = tta
         if "logits" not in self.outputs:
             raise ValueError(f"model {self.name!r} has no 'logits' output (outputs: {sorted(self.outputs)}); "
                              "see sparkvision.models.model_dir")
+
+    def _forward(self, tensor: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """With ``tta="flip"``: one call on the batch and its left-right mirror, each output averaged.
+
+        Averaging the logits rather than the probabilities keeps a linear head (``fit``'s
+        logistic regression, in Spark or in ``model.onnx``) equal to that head applied to
+        the averaged features, so Spark, the server and the exported graph agree.
+        """
+        if self.tta == "none" or not len(tensor):
+            return super()._forward(tensor, names)
+        both = super()._forward(np.concatenate([tensor, np.ascontiguousarray(tensor[..., ::-1])]), names)
+        n = len(tensor)
+        return [((out[:n] + out[n:]) / 2).astype(out.dtype) for out in both]
 
     @overload
     def vectors(self, images: np.ndarray, role: str) -> np.ndarray: ...
