@@ -83,6 +83,27 @@ def test_logits_output_and_a_filter_on_errors_do_not_run_the_model_twice(spark, 
     np.testing.assert_allclose(got[0]["logits"].toArray(), want, rtol=1e-4, atol=1e-4)
 
 
+def test_flip_tta_in_spark_gives_the_runners_averaged_features_and_survives_saving(spark, imagenette, tmp_path):
+    from sparkvision.models.runner import ClassifierRunner
+
+    rows = _rows(imagenette, count=3)
+    featurizer = ImageFeaturizer(batchSize=2, tta="flip")
+    path = str(tmp_path / "featurizer")
+    featurizer.save(path)
+    loaded = ImageFeaturizer.load(path)
+    assert loaded.getTta() == "flip"
+    got = {r["path"]: r["features"] for r in loaded.transform(_frame(spark, rows, partitions=2)).collect()}
+    good = [(p, c) for p, _, c, e in rows if e is None and not p.startswith("bad/")]
+    want = ClassifierRunner.from_registry("efficientnet_lite0", tta="flip").features([c for _, c in good]).values
+    plain = ClassifierRunner.from_registry("efficientnet_lite0").features([c for _, c in good]).values
+    for (path, _), vector, unflipped in zip(good, want, plain, strict=True):
+        np.testing.assert_allclose(got[path].toArray(), vector, rtol=1e-4, atol=1e-5)
+        assert np.abs(got[path].toArray() - unflipped).max() > 1e-2
+    assert all(got[p] is None for p, *_ in rows if p.startswith("bad/"))
+    with pytest.raises(ValueError, match="tta must be one of"):
+        ImageFeaturizer(tta="rotate")
+
+
 def test_params_follow_spark_ml_conventions():
     featurizer = ImageFeaturizer(inputCol="bytes", outputCol="vec", batchSize=7)
     assert (featurizer.getInputCol(), featurizer.getOutputCol(), featurizer.getBatchSize()) == ("bytes", "vec", 7)

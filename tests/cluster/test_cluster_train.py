@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from cluster_support import SPARKVISION, cli_env, cli_json, run_cli, wait_cluster_idle
@@ -63,8 +65,18 @@ def rank_processes(cluster) -> list[int]:
 def test_a_killed_rank_fails_the_run_cleanly_and_resume_finishes_it_like_the_embedded_run(
         digits, cluster_released, tmp_path):
     cluster = cluster_released
-    embedded = cli_json(run_cli(train_args(digits, tmp_path / "embedded", "local[2]")))
-    assert embedded["metrics"]["epochs_run"] == EPOCHS
+    # The embedded reference trains alongside the cluster runs; they start once it has
+    # written the split they all read (work/prepared.json is written after the parts).
+    pool = ThreadPoolExecutor(1)
+    embedded_run = pool.submit(run_cli, train_args(digits, tmp_path / "embedded", "local[2]"))
+    pool.shutdown(wait=False)
+    deadline = time.monotonic() + 300
+    while not (Path(digits["work"]) / "prepared.json").exists():
+        if embedded_run.done():
+            embedded_run.result()  # raises what went wrong
+            break
+        assert time.monotonic() < deadline, "the embedded run wrote no split within 5 minutes"
+        time.sleep(0.2)
 
     out = tmp_path / "on-cluster"
     wait_cluster_idle(cluster)
@@ -98,6 +110,8 @@ def test_a_killed_rank_fails_the_run_cleanly_and_resume_finishes_it_like_the_emb
 
     wait_cluster_idle(cluster)
     resumed = cli_json(run_cli(train_args(digits, out, cluster.master_url, "--resume")))
+    embedded = cli_json(embedded_run.result(timeout=600))
+    assert embedded["metrics"]["epochs_run"] == EPOCHS
     assert 1 <= resumed["metrics"]["resumed_from_epoch"] < EPOCHS
     assert resumed["metrics"]["epochs_run"] == EPOCHS
     assert learned(resumed["metrics"]) == learned(embedded["metrics"])

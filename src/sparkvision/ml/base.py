@@ -27,7 +27,7 @@ from pyspark.ml.util import (
 )
 from pyspark.sql import SparkSession
 
-from sparkvision.models.runner import ModelSource
+from sparkvision.models.runner import TTA_MODES, ModelSource
 
 EMBEDDED_METADATA = "embeddedModel"
 EMBEDDED_DIR = "onnx"
@@ -71,6 +71,18 @@ class HasModelName(Params):
         return self.getOrDefault(self.modelName)
 
 
+class HasTta(Params):
+    tta: Param[str] = Param(
+        Params._dummy(), "tta",
+        "test-time augmentation: 'none', or 'flip' to average the outputs of each image and its mirror "
+        "image (twice the model work)",
+        typeConverter=TypeConverters.toString,
+    )
+
+    def getTta(self) -> str:
+        return self.getOrDefault(self.tta)
+
+
 class HasEmbedModel(Params):
     embedModel: Param[bool] = Param(
         Params._dummy(), "embedModel",
@@ -107,12 +119,14 @@ class OnnxImageTransformer(
         self.setParams(**kwargs)
 
     def _set_checked(self, kwargs: dict[str, Any]):
-        """``setParams``' end: the names must be the constructor's, ``batchSize >= 1``; then set ``kwargs``."""
+        """``setParams``' end: the names must be the constructor's, ``batchSize >= 1``, a known ``tta``; then set."""
         unknown = sorted(set(kwargs) - set(keyword_defaults(type(self).__init__)))
         if unknown:
             raise TypeError(f"{type(self).__name__}.setParams() got unknown parameters {unknown}")
         if "batchSize" in kwargs and int(kwargs["batchSize"]) < 1:
             raise ValueError(f"batchSize must be >= 1, got {kwargs['batchSize']!r}")
+        if "tta" in kwargs and kwargs["tta"] not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {kwargs['tta']!r}")
         return self._set(**kwargs)
 
     # ----- the model

@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from sparkvision.config import FeaturizeSettings
-from sparkvision.ml.base import HasModelName, OnnxImageTransformer
+from sparkvision.ml.base import HasModelName, HasTta, OnnxImageTransformer
 from sparkvision.ml.onnx_stage import RawOutput, run_model
 from sparkvision.models.runner import ModelSource, from_registry
 from sparkvision.session import task_cpus
@@ -31,13 +31,14 @@ def to_vector(values: Column) -> Column:
     return F.when(values.isNotNull(), array_to_vector(values))
 
 
-class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName):
+class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName, HasTta):
     """Adds ``outputCol`` (VectorUDT): the backbone's features of each image in ``inputCol``.
 
     Rows whose bytes cannot be decoded, or that already carry an error, get a null
     vector and their error in ``errorCol``; no row is dropped. The ONNX graph is
     broadcast once and each Python worker keeps one ONNX Runtime session with
-    ``spark.task.cpus`` threads.
+    ``spark.task.cpus`` threads. ``tta="flip"`` averages each image's vector with its
+    mirror image's (twice the model work).
 
     >>> ImageFeaturizer(inputCol="content", outputCol="features").transform(images_df)  # doctest: +SKIP
     """
@@ -58,6 +59,7 @@ class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName):
         batchSize: int = FeaturizeSettings.batch_size,
         errorCol: str = "error",
         embedModel: bool = False,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         self._init_params(self._input_kwargs)
@@ -96,5 +98,5 @@ class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName):
             dataset, self.model_source(), self.getInputCol(), self.getErrorCol(),
             mapper=RawOutput("values", role=output), columns={"values": (self.getOutputCol(), to_vector)},
             batch_size=self.getBatchSize(), threads=task_cpus(dataset.sparkSession),
-            counter=self._rows_counter(dataset.sparkSession),
+            counter=self._rows_counter(dataset.sparkSession), tta=self.getTta(),
         )

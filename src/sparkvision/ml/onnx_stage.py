@@ -79,7 +79,7 @@ class OutputMapper:
     def make_runner(self, data: Callable[[], bytes], spec: KernelSpec) -> Any:
         """The runner this mapper reads (a classifier's; a detector's mapper makes a DetectorRunner)."""
         return ClassifierRunner(data, spec.preprocess, outputs=spec.outputs, labels=spec.labels, name=spec.name,
-                                key=spec.digest, threads=spec.threads, batch_size=spec.batch_size)
+                                key=spec.digest, threads=spec.threads, batch_size=spec.batch_size, tta=spec.tta)
 
     def __call__(self, runner: ClassifierRunner, contents: list[Any]) -> dict[str, list[Any]]:
         raise NotImplementedError
@@ -141,6 +141,8 @@ class KernelSpec:
     batch_size: int
     threads: int
     mapper: OutputMapper
+    #: Test-time augmentation of a classifier runner ("none" or "flip").
+    tta: str = "none"
 
     def runner(self, data: Callable[[], bytes]) -> Any:
         return self.mapper.make_runner(data, self)
@@ -177,6 +179,7 @@ def run_model(
     batch_size: int,
     threads: int,
     counter: Accumulator | None = None,
+    tta: str = "none",
 ) -> DataFrame:
     """``frame`` with the model's result columns added and ``error_col`` set or kept.
 
@@ -197,7 +200,7 @@ def run_model(
     bc = broadcast_model(spark.sparkContext, source)
     source.output(mapper.role)  # on the driver: a missing output fails here, not in every task
     spec = KernelSpec(source.name, source.digest, source.preprocess, dict(source.outputs), source.labels,
-                      batch_size, threads, mapper)
+                      batch_size, threads, mapper, tta)
     udf = make_udf(bc, spec, counter)
     has_error = error_col in frame.columns
     content = F.when(F.col(error_col).isNull(), F.col(input_col)) if has_error else F.col(input_col)

@@ -23,13 +23,13 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
 
 from sparkvision.config import FeaturizeSettings
-from sparkvision.ml.base import HasModelName, OnnxImageTransformer
+from sparkvision.ml.base import HasModelName, HasTta, OnnxImageTransformer
 from sparkvision.ml.onnx_stage import ClassProbabilities, run_model
 from sparkvision.models.runner import ModelSource, from_model_dir, from_registry
 from sparkvision.session import task_cpus
 
 
-class ImagePredictor(OnnxImageTransformer, HasModelName):
+class ImagePredictor(OnnxImageTransformer, HasModelName, HasTta):
     """Adds ``predictionCol`` (top-1 label), ``probabilityCol`` (all classes) and ``topKCol``.
 
     Set ``probabilityCol`` to "" or ``topK`` to 0 to leave that column out. Rows that
@@ -71,6 +71,7 @@ class ImagePredictor(OnnxImageTransformer, HasModelName):
         batchSize: int = FeaturizeSettings.batch_size,
         errorCol: str = "error",
         embedModel: bool = False,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         self._init_params(self._input_kwargs)
@@ -134,5 +135,5 @@ class ImagePredictor(OnnxImageTransformer, HasModelName):
         return run_model(
             dataset, source, self.getInputCol(), self.getErrorCol(), mapper=mapper,
             columns=columns, batch_size=self.getBatchSize(), threads=task_cpus(dataset.sparkSession),
-            counter=self._rows_counter(dataset.sparkSession),
+            counter=self._rows_counter(dataset.sparkSession), tta=self.getTta(),
         )

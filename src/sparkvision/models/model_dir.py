@@ -53,6 +53,9 @@ class ModelCard:
     architecture: str = ""
     onnx: str | None = ONNX_FILE
     spark_pipeline: str | None = None
+    #: Test-time augmentation the model was fitted and validated with ("none" or "flip");
+    #: runners on this directory use it unless told otherwise.
+    tta: str = "none"
     #: What the model was made from: data source, parameters, seed, parent model.
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -268,9 +268,14 @@ class OnnxImageRunner:
         from sparkvision.models.model_dir import load_card
 
         card = load_card(model_dir)
-        runner = cls.from_source(from_model_dir(model_dir, card), **options)
+        runner = cls.from_source(from_model_dir(model_dir, card), **{**cls._card_options(card), **options})
         runner.card = card
         return runner
+
+    @classmethod
+    def _card_options(cls, card: ModelCard) -> dict[str, Any]:
+        """Options a model directory's card sets, unless the caller gives them."""
+        return {}
 
     @classmethod
     def from_registry(cls, name: str, **options: Any) -> Self:
@@ -416,6 +421,10 @@ class ClassifierRunner(OnnxImageRunner):
         if "logits" not in self.outputs:
             raise ValueError(f"model {self.name!r} has no 'logits' output (outputs: {sorted(self.outputs)}); "
                              "see sparkvision.models.model_dir")
+
+    @classmethod
+    def _card_options(cls, card: ModelCard) -> dict[str, Any]:
+        return {"tta": card.tta}  # the augmentation the model was fitted and validated with
 
     def _forward(self, tensor: np.ndarray, names: list[str]) -> list[np.ndarray]:
         """With ``tta="flip"``: one call on the batch and its left-right mirror, each output averaged.
