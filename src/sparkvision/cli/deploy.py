@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
         batch_window_ms=args.batch_window_ms, max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
         max_files=args.max_files, top_k=args.top_k, score_threshold=args.score_threshold,
         iou_threshold=args.iou_threshold, max_boxes=args.max_boxes, threads=args.threads,
-        decode_workers=args.decode_workers,
+        decode_workers=args.decode_workers, tta=args.tta,
         log_level="warning" if args.quiet else ("debug" if args.verbose else "info"),
     )
     run_server(args.model, settings)
@@ -230,6 +230,9 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                        help=f"most images per request (default {s.max_files})")
     serve.add_argument("--top-k", type=int, default=s.top_k,
                        help=f"a classifier's classes returned by default (default {s.top_k})")
+    serve.add_argument("--tta", choices=["none", "flip"], default=None,
+                       help="a classifier's test-time augmentation: flip averages each upload with its mirror "
+                       "image (default: what the model was fitted with)")
     serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     serve.add_argument("--decode-workers", type=int, default=s.decode_workers,
                        help=f"threads decoding uploads (default {s.decode_workers})")

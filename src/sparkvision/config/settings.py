@@ -321,6 +321,9 @@ class TransferSettings(Validated):
     model_name: str = "efficientnet_lite0"
     #: Backbone output the classifier is trained on: "features" (pooled) or "logits".
     output: Literal["features", "logits"] = "features"
+    #: Test-time augmentation of the features, in fitting and in every later prediction:
+    #: "flip" averages each image's features with its mirror image's (twice the CNN work).
+    tta: Literal["none", "flip"] = "none"
     classifier: ClassifierName = "logreg"
     batch_size: int = FeaturizeSettings.batch_size
     seed: int = 42
@@ -460,6 +463,8 @@ class ServeSettings(Validated):
     max_pixels: int = 40_000_000
     max_files: int = 16
     top_k: int = 5
+    #: A classifier's test-time augmentation; None: what its card records (what it was fitted with).
+    tta: Literal["none", "flip"] | None = None
     #: A detector's defaults per request: boxes scoring at least ``score_threshold`` (0.3: boxes
     #: worth looking at; evaluation keeps 0.05 for mAP), per-class NMS, at most ``max_boxes``.
     score_threshold: float = 0.3

@@ -237,6 +237,8 @@ class PipelineParts:
     feature_output: str
     head: Head
     labels: list[str]
+    #: The featurizer's test-time augmentation; runners of the exported graph must repeat it.
+    tta: str = "none"
 
 
 def pipeline_parts(pipeline: Any) -> PipelineParts:
@@ -269,7 +271,8 @@ def pipeline_parts(pipeline: Any) -> PipelineParts:
         head = fold_scaler(head, scaler)
     source = featurizer.model_source()
     output = source.output(featurizer.getOutput())
-    return PipelineParts(source.data, source.name, source.digest, output, head, labels or [])
+    tta = featurizer.getTta() if featurizer.hasParam("tta") else "none"
+    return PipelineParts(source.data, source.name, source.digest, output, head, labels or [], tta)
 
 
 def export_pipeline(spark, model_dir: str | Path, pipeline: Any = None) -> Path:
@@ -297,6 +300,7 @@ def export_pipeline(spark, model_dir: str | Path, pipeline: Any = None) -> Path:
     atomic_write(model_dir / ONNX_FILE, graph.SerializeToString())
     parts.head.save(model_dir / HEAD_FILE)
     card.onnx = ONNX_FILE
+    card.tta = parts.tta  # averaging the graph's logits over the mirror = the head on the averaged features
     card.provenance = {
         **{k: v for k, v in card.provenance.items() if k != NOT_EXPORTED},
         "onnx_export": {

@@ -371,6 +371,7 @@ class TransferModel:
             architecture=f"{self.settings.model_name} ({self.settings.output}) + MLlib {self.settings.classifier}",
             onnx=None,
             spark_pipeline=SPARK_PIPELINE_DIR,
+            tta=self.settings.tta,
             provenance=self.provenance,
             metrics=self.metrics,
         )
@@ -425,7 +426,7 @@ def fit_transfer(
     settings = settings or TransferSettings()
     started = time.perf_counter()
     featurizer = ImageFeaturizer(
-        modelName=settings.model_name, output=settings.output, batchSize=settings.batch_size
+        modelName=settings.model_name, output=settings.output, batchSize=settings.batch_size, tta=settings.tta
     )
     source = featurizer.model_source()
     num_features = featurizer.num_features()

@@ -182,6 +182,8 @@ def load_runner(model_dir: str | Path, settings: ServeSettings) -> ClassifierRun
         from sparkvision.detection.runner import DetectorRunner
 
         return DetectorRunner.from_model_dir(model_dir, settings=settings.detection(), **options)
+    if settings.tta is not None:
+        options["tta"] = settings.tta
     return ClassifierRunner.from_model_dir(model_dir, **options)
 
 
