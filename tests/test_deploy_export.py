@@ -67,6 +67,33 @@ def test_fit_saves_one_graph_predicting_like_spark_and_older_fit_models_are_expo
     assert probs.values.shape == (1, 10) and abs(probs.values.sum() - 1) < 1e-6 and probs.errors == [None]
 
 
+def test_a_flip_tta_pipeline_exports_a_card_whose_runner_agrees_with_spark(spark, fitted_imagenette, tmp_path):
+    """Spark averages the features of each photo and its mirror, then applies the head; the runner of
+    the exported graph averages its logits over the two. For a linear head these are the same."""
+    from pyspark.ml import PipelineModel
+
+    from sparkvision.models.model_dir import load_card
+    from sparkvision.models.runner import ClassifierRunner
+
+    older = as_older_fit(fitted_imagenette["model_dir"], tmp_path / "tta")
+    pipeline_dir = older / load_card(older).spark_pipeline
+    pipeline = PipelineModel.load(str(pipeline_dir))
+    featurizer = next(stage for stage in pipeline.stages if stage.hasParam("tta"))
+    featurizer.setParams(tta="flip")
+    pipeline.write().overwrite().save(str(pipeline_dir))
+    ensure_onnx(older, spark)
+    assert load_card(older).tta == "flip"
+
+    val = str(link_photos(tmp_path, "val", 2))
+    check = verify_export(spark, older, val, limit=100)
+    assert check["images"] == 20 and check["prediction_agreement"] == 1.0
+    assert check["max_probability_difference"] < 1e-4
+    photos = [f.read_bytes() for f in sorted((tmp_path / "val" / "tench").iterdir())]
+    flipped = ClassifierRunner.from_model_dir(older, threads=1).predict_proba(photos).values
+    plain = ClassifierRunner.from_model_dir(older, threads=1, tta="none").predict_proba(photos).values
+    assert np.abs(flipped - plain).max() > 1e-3  # the card's tta is applied unless overridden
+
+
 def test_mlp_head_graph_matches_spark_probabilities(spark):
     from pyspark.ml.classification import MultilayerPerceptronClassifier
     from pyspark.ml.functions import vector_to_array
