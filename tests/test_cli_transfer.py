@@ -73,6 +73,14 @@ def test_classify_prints_imagenet_top_k(imagenette, tmp_path, cli, caplog):
         assert row["error"] is None and len(row["top_k"]) == 3
         assert row["top_k"][0]["label"] == IMAGENET_NAMES[folder]
 
+    # With the mirror images averaged in, the same classes, with other probabilities.
+    code, printed = cli("classify", "--input", photos, "--top-k", "3", "--tta", "flip")
+    assert code == 0, caplog.text[-3000:]
+    flipped = json.loads(printed)
+    assert [r["top_k"][0]["label"] for r in flipped] == [r["top_k"][0]["label"] for r in rows]
+    assert any(abs(a["top_k"][0]["probability"] - b["top_k"][0]["probability"]) > 1e-4
+               for a, b in zip(rows, flipped, strict=True))
+
 
 def test_demo_finds_the_shared_photos_next_to_the_repository(imagenette, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # found from the package's location, not the working directory

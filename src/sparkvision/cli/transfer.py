@@ -44,7 +44,8 @@ def metrics_report(metrics: dict[str, Any]) -> dict[str, Any]:
 def _settings(args: argparse.Namespace) -> TransferSettings:
     overrides: dict[str, Any] = {"classifier": args.classifier, "grid": args.grid}
     for flag, name in (("model_name", "model_name"), ("output", "output"), ("seed", "seed"),
-                       ("val_fraction", "val_fraction"), ("batch_size", "batch_size"), ("folds", "grid_folds")):
+                       ("val_fraction", "val_fraction"), ("batch_size", "batch_size"), ("folds", "grid_folds"),
+                       ("tta", "tta")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
@@ -111,7 +112,7 @@ def _predict(args: argparse.Namespace) -> int:
     spark = spark_from_args(args)
     frame = read_source(spark, args, args.input, probe="header")
     summary = predict(spark, args.model, frame, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
-                      detection=detection_settings(args))
+                      detection=detection_settings(args), tta=args.tta)
     emit(summary.to_dict(), predictions_summary)
     return 0
 
@@ -124,7 +125,7 @@ def _classify(args: argparse.Namespace) -> int:
     if not args.out:
         frame = frame.orderBy(PATH).limit(args.limit)  # only the printed rows go through the model
     predictor = ImagePredictor(modelName=args.model_name, topK=args.top_k, probabilityCol="",
-                               batchSize=args.batch_size or FeaturizeSettings.batch_size)
+                               batchSize=args.batch_size or FeaturizeSettings.batch_size, tta=args.tta or "none")
     result = predictor.transform(frame).select(PATH, "prediction", "top_k", "error")
     if args.out:
         from sparkvision import storage
@@ -196,9 +197,12 @@ def _demo_summary(r: dict[str, Any]) -> Summary:
     )
 
 
-def _add_common_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_common_model_options(parser: argparse.ArgumentParser, tta_default: str) -> None:
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help=f"images per ONNX Runtime call in a task (default {FeaturizeSettings.batch_size})")
+    parser.add_argument("--tta", choices=["none", "flip"], default=None,
+                        help="test-time augmentation: flip averages each image's outputs with its mirror image's, "
+                        f"for twice the CNN work (default {tta_default})")
 
 
 def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse.ArgumentParser]) -> None:
@@ -242,7 +246,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     fit.add_argument("--val-per-class", type=int, default=None, metavar="N",
                      help="use at most N validation images per class from --val")
     fit.add_argument("--seed", type=int, default=None, help=f"seed of splits and classifiers (default {defaults.seed})")
-    _add_common_model_options(fit)
+    _add_common_model_options(fit, "none; the model keeps it for predict and serve")
     add_source_options(fit)
     fit.set_defaults(handler=_fit)
 
@@ -262,7 +266,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     pred.add_argument("--input", required=True, metavar="SRC", help="images to classify")
     pred.add_argument("--out", required=True, metavar="PREDICTIONS", help="output Parquet directory (any Hadoop URI)")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output (atomically)")
-    _add_common_model_options(pred)
+    _add_common_model_options(pred, "what the model was fitted with")
     add_detection_options(pred)
     add_source_options(pred)
     pred.set_defaults(handler=_predict)
@@ -283,7 +287,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     cls.add_argument("--limit", type=int, default=100, help="rows printed without --out (default 100)")
     cls.add_argument("--out", default=None, help="write every row to this Parquet directory instead of printing")
     cls.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    _add_common_model_options(cls)
+    _add_common_model_options(cls, "none")
     add_source_options(cls)
     cls.set_defaults(handler=_classify)
 

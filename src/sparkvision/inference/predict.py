@@ -112,24 +112,30 @@ class LoadedModel:
         return out.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in self.schema.fields])
 
 
-def load_model(model_dir: str | Path, batch_size: int | None = None, detection: DecodeSettings | None = None) -> LoadedModel:
+def load_model(model_dir: str | Path, batch_size: int | None = None, detection: DecodeSettings | None = None,
+               tta: str | None = None) -> LoadedModel:
     """Any sparkvision model directory as a Transformer producing ``prediction``/``probability``/``error``
-    (or, for a detector, ``boxes``/``error`` with ``detection``'s thresholds)."""
+    (or, for a detector, ``boxes``/``error`` with ``detection``'s thresholds). A classifier's ``tta``
+    defaults to what its card records (what it was fitted with)."""
     model_dir = Path(storage.local_path(model_dir)).resolve()
     card = load_card(model_dir)
+    if tta is not None and tta != "none" and card.kind == "detector":
+        raise ValueError(f"{model_dir} is a detector; test-time augmentation (--tta) applies to classifiers")
     if card.kind == "spark_pipeline":
         if not card.spark_pipeline:
             raise ValueError(f"{model_dir}: kind spark_pipeline but the card names no pipeline directory")
         pipeline = PipelineModel.load(str(model_dir / card.spark_pipeline))
-        if batch_size:
-            for stage in pipeline.stages:
-                if stage.hasParam("batchSize"):
-                    stage.set(stage.getParam("batchSize"), int(batch_size))
+        for stage in pipeline.stages:
+            if batch_size and stage.hasParam("batchSize"):
+                stage.set(stage.getParam("batchSize"), int(batch_size))
+            if tta is not None and stage.hasParam("tta"):
+                stage.set(stage.getParam("tta"), tta)
         transformer: Transformer = pipeline
     elif card.kind == "onnx":
         from sparkvision.ml.predictor import ImagePredictor
 
-        transformer = ImagePredictor(modelDir=str(model_dir), topK=0, **({"batchSize": batch_size} if batch_size else {}))
+        transformer = ImagePredictor(modelDir=str(model_dir), topK=0, tta=tta or card.tta,
+                                     **({"batchSize": batch_size} if batch_size else {}))
     elif card.kind == "detector":
         from sparkvision.ml.detector import ObjectDetector
 
@@ -195,13 +201,14 @@ def predict(
     overwrite: bool = False,
     batch_size: int | None = None,
     detection: DecodeSettings | None = None,
+    tta: str | None = None,
 ) -> PredictSummary:
     """Write ``frame``'s predictions to ``out`` (Parquet), all or nothing.
 
     The output is staged, checked to hold every input row exactly once, and only then
     renamed into place; an existing ``out`` is refused unless ``overwrite``.
     """
-    model = load_model(model_dir, batch_size, detection)
+    model = load_model(model_dir, batch_size, detection, tta)
     predictions = model.predictions(frame)
     with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "predict"):
