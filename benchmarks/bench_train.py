@@ -115,7 +115,9 @@ def sparkvision_train(train_uri: str, val_uri: str, epochs: int, workers: int, o
                       spark: list[str] | tuple[str, ...] = SPARK) -> dict:
     """``sparkvision train`` of this benchmark's recipe in a subprocess (``spark``: its Spark options)."""
     cmd = [*CLI, "train", "--arch", "lenet5", "--train", train_uri, "--val", val_uri, "--epochs", str(epochs),
-           "--batch-size", str(BATCH), "--workers", str(workers), "--lr", str(LR), "--momentum", str(MOMENTUM),
+           "--batch-size", str(BATCH), "--workers", str(workers), "--optimizer", "sgd", "--lr", str(LR),
+           "--momentum", str(MOMENTUM), "--schedule", "constant", "--weight-decay", "0", "--normalize", "model",
+           "--rotate", "0", "--crop", "0",
            "--out", str(out), "--overwrite", *spark, "-q"]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env())

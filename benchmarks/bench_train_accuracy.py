@@ -62,14 +62,15 @@ def fashion_tuned_args(quick: bool, workers: int = 2) -> list[str]:
     return ["--arch", "lenet5", "--train", dataset("fashion-mnist:train"), "--val", dataset("fashion-mnist:test"),
             "--epochs", "2" if quick else "30", "--batch-size", "128", "--workers", str(workers), "--optimizer", "sgd",
             "--lr", "0.05", "--momentum", "0.9", "--nesterov", "--weight-decay", "5e-4", "--schedule", "cosine",
-            "--warmup-epochs", "1", "--hflip", "0.5", "--normalize", "data", "--export", "last"]
+            "--warmup-epochs", "1", "--hflip", "0.5", "--rotate", "0", "--crop", "0", "--normalize", "data", "--export", "last"]
 
 
 def mnist5k_args(quick: bool) -> list[str]:
     return ["--arch", "lenet5", "--train", dataset("mnist-5k"), "--val-fraction", "0.1", "--test-fraction", "0.2",
             "--epochs", "3" if quick else "40", "--batch-size", "64", "--workers", "2", "--optimizer", "sgd",
             "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "1e-4", "--schedule", "cosine",
-            "--warmup-epochs", "1", "--rotate", "10", "--crop", "0.5", "--crop-scale", "0.8,1", "--seed", "7"]
+            "--warmup-epochs", "1", "--rotate", "10", "--crop", "0.5", "--crop-scale", "0.8,1", "--normalize", "model",
+            "--seed", "7"]
 
 
 def effnet_args(quick: bool) -> list[str]:

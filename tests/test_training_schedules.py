@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import math
+import re
+import shlex
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
-from sparkvision.config.training import OptimizerConfig, ScheduleConfig, TrainConfig, preset
+from sparkvision.config.training import (
+    ModelConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainConfig,
+    apply_overrides,
+    defaults_for,
+    preset,
+)
 from sparkvision.training.schedules import build_optimizer, build_scheduler, lr_curve
 
 SGD = OptimizerConfig(name="sgd", lr=0.4, momentum=0.0)
@@ -73,6 +85,34 @@ def test_bigdl_lenet_preset_is_the_published_recipe():
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", 0.4, 0.0)
     assert (cfg.schedule.name, cfg.schedule.decay) == ("decay", 0.0002)
     assert cfg.model.normalize == "data"
+
+
+def test_train_arch_lenet5_defaults_are_the_recipe_the_readme_states():
+    from sparkvision.cli.main import build_parser
+    from sparkvision.cli.train import config_from_args, flag_overrides
+
+    parser = build_parser()
+
+    def config(*flags: str) -> TrainConfig:
+        return config_from_args(parser.parse_args(["train", "--train", "x", "--out", "y", *flags]))
+
+    lenet = config("--arch", "lenet5")
+    assert config() == lenet == defaults_for("lenet5")
+    assert (lenet.epochs, lenet.batch_size, lenet.model.normalize) == (20, 64, "data")
+    assert (lenet.optimizer.name, lenet.optimizer.lr, lenet.optimizer.weight_decay) == ("adamw", 0.003, 0.05)
+    assert (lenet.schedule.name, lenet.schedule.warmup_epochs) == ("cosine", 1.0)
+    assert (lenet.augment.rotation_degrees, lenet.augment.crop_prob, lenet.augment.crop_scale) == (10, 0.5, (0.8, 1))
+    assert lenet.augment.hflip_prob == 0  # a mirrored digit is another glyph
+    # The README spells the defaults out as flags; over the generic defaults they give the same config.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stated = re.search(r"`train --arch lenet5` defaults: `([^`]+)`", readme)
+    assert stated, "the README's training section states lenet5's default recipe"
+    given = flag_overrides(parser.parse_args(["train", "--train", "x", "--out", "y", *shlex.split(stated[1])]))
+    assert apply_overrides(TrainConfig(), given) == lenet
+    # Flags still win; a preset replaces the recipe; other networks keep the generic defaults.
+    assert config("--lr", "0.01").optimizer == replace(lenet.optimizer, lr=0.01)
+    assert config("--preset", "bigdl-lenet") == preset("bigdl-lenet")
+    assert config("--arch", "smallcnn") == TrainConfig(model=ModelConfig(arch="smallcnn"))
 
 
 def test_config_round_trips_and_rejects_uneven_batches():

@@ -8,7 +8,15 @@ from typing import Any
 
 from sparkvision.cli.common import Summary, emit, spark_from_args
 from sparkvision.cli.data import add_source_options, decode_settings, read_source
-from sparkvision.config.training import PRESETS, TrainConfig, apply_overrides, preset
+from sparkvision.config.training import (
+    ARCH_DEFAULTS,
+    PRESETS,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    defaults_for,
+    preset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +89,8 @@ _FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the preset, then every flag the user gave."""
-    name = args.preset or ("fcos-detect" if getattr(args, "task", "classify") == "detect" else None)
-    base = preset(name) if name else TrainConfig()
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave as flags, nested as :func:`apply_overrides` takes them."""
     overrides: dict[str, Any] = {}
     for dest, (section, name) in _FLAG_FIELDS.items():
         value = getattr(args, dest, None)
@@ -94,7 +100,32 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             overrides[name] = value
         else:
             overrides.setdefault(section, {})[name] = value
-    return apply_overrides(base, overrides)
+    return overrides
+
+
+def recipe_flags(overrides: dict[str, Any]) -> str:
+    """``overrides`` as the ``train`` flags that give them (the inverse of :func:`flag_overrides`)."""
+    flag = {field: dest for dest, field in _FLAG_FIELDS.items()}
+    words: list[str] = []
+    for key, value in overrides.items():
+        for name, v in (value.items() if isinstance(value, dict) else [(key, value)]):
+            option = "--" + flag[(key if isinstance(value, dict) else None, name)].replace("_", "-")
+            if isinstance(v, bool):
+                words.append(option if v else option.replace("--", "--no-", 1))
+            else:
+                words += [option, ",".join(map(_number, v)) if isinstance(v, tuple) else _number(v)]
+    return " ".join(words)
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The architecture's defaults (or the preset), then every flag the user gave."""
+    name = args.preset or ("fcos-detect" if getattr(args, "task", "classify") == "detect" else None)
+    base = preset(name) if name else defaults_for(getattr(args, "arch", None) or ModelConfig.arch)
+    return apply_overrides(base, flag_overrides(args))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -173,10 +204,12 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                      help="a named recipe; bigdl-lenet = lenet5, SGD lr 0.4, decay 0.0002, batch 2048, 20 epochs, "
                      "data normalisation. Flags given next to it win")
     run.add_argument("--arch", choices=_RegisteredModels(), default=None, metavar="ARCH",
-                     help="a registered network: %(choices)s (default lenet5)")
-    run.add_argument("--epochs", type=int, default=None, help="epochs (default 10)")
+                     help="a registered network: %(choices)s (default lenet5). Without --preset, a network "
+                     "with its own recipe trains with it, under the flags given: " + "; ".join(
+                         f"{arch}: {recipe_flags(recipe)}" for arch, recipe in ARCH_DEFAULTS.items()))
+    run.add_argument("--epochs", type=int, default=None, help="epochs (default 10, or --arch's recipe)")
     run.add_argument("--batch-size", type=int, default=None,
-                     help="global batch size, split evenly over the workers (default 128)")
+                     help="global batch size, split evenly over the workers (default 128, or --arch's recipe)")
     run.add_argument("--workers", type=int, default=None, help="data-parallel ranks (default 1)")
     run.add_argument("--seed", type=int, default=None, help="seed for weights, data order and augmentation (42)")
     run.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
@@ -206,17 +239,18 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                        help="input size, e.g. 64 or 48x64 (default: the architecture's)")
     model.add_argument("--channels", type=int, choices=[1, 3], default=None, help="input channels")
     model.add_argument("--normalize", choices=["model", "data"], default=None,
-                       help="mean/std of the architecture, or of the training data (written to the model card)")
+                       help="mean/std of the architecture, or of the training data (written to the model card); default "
+                       "model, or --arch's recipe")
 
     opt = parser.add_argument_group("optimiser and schedule")
-    opt.add_argument("--optimizer", choices=["sgd", "adamw"], default=None, help="default sgd")
-    opt.add_argument("--lr", type=float, default=None, help="learning rate (peak for one-cycle; default 0.05)")
+    opt.add_argument("--optimizer", choices=["sgd", "adamw"], default=None, help="default sgd, or --arch's recipe")
+    opt.add_argument("--lr", type=float, default=None, help="learning rate (peak for one-cycle; default 0.05, or --arch's recipe)")
     opt.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    opt.add_argument("--weight-decay", type=float, default=None, help="default 0")
+    opt.add_argument("--weight-decay", type=float, default=None, help="default 0, or --arch's recipe")
     opt.add_argument("--grad-clip", type=float, default=None, metavar="NORM", help="clip the gradient norm")
     opt.add_argument("--schedule", choices=["constant", "decay", "step", "cosine", "onecycle"], default=None,
-                     help="decay = lr / (1 + lr_decay * iteration), BigDL's; default constant")
+                     help="decay = lr / (1 + lr_decay * iteration), BigDL's; default constant, or --arch's recipe")
     opt.add_argument("--lr-decay", type=float, default=None, help="for --schedule decay (bigdl-lenet: 0.0002)")
     opt.add_argument("--step-epochs", type=int, default=None, help="for --schedule step: epochs per step")
     opt.add_argument("--gamma", type=float, default=None, help="for --schedule step: factor per step")
@@ -231,7 +265,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     loss.add_argument("--class-weights", type=_class_weights, default=None, metavar="none|balanced|W1,W2,...",
                       help="per-class loss weights for imbalanced data")
 
-    aug = parser.add_argument_group("augmentation (on the workers, seeded; all off by default)")
+    aug = parser.add_argument_group("augmentation (on the workers, seeded; off by default except in --arch's recipe)")
     aug.add_argument("--crop", type=float, default=None, metavar="P", help="random resized crop probability")
     aug.add_argument("--crop-scale", type=_pair, default=None, metavar="MIN,MAX", help="crop area range (0.35,1)")
     aug.add_argument("--hflip", type=float, default=None, metavar="P", help="horizontal flip probability")

@@ -29,6 +29,7 @@ from sparkvision.config.settings import (
     cache_dir,
 )
 from sparkvision.config.training import (
+    ARCH_DEFAULTS,
     PRESETS,
     AugmentConfig,
     CheckpointConfig,
@@ -40,10 +41,12 @@ from sparkvision.config.training import (
     ScheduleConfig,
     TrainConfig,
     apply_overrides,
+    defaults_for,
     preset,
 )
 
 __all__ = [
+    "ARCH_DEFAULTS",
     "AugmentConfig",
     "CheckpointConfig",
     "ClusterSettings",
@@ -74,5 +77,6 @@ __all__ = [
     "TransferSettings",
     "apply_overrides",
     "cache_dir",
+    "defaults_for",
     "preset",
 ]

@@ -11,7 +11,14 @@ See :mod:`.config` for every setting, :mod:`.engine` for what each rank does and
 """
 
 from sparkvision.config import training as _recipe
-from sparkvision.config.training import PRESETS, TrainConfig, apply_overrides, preset
+from sparkvision.config.training import (
+    ARCH_DEFAULTS,
+    PRESETS,
+    TrainConfig,
+    apply_overrides,
+    defaults_for,
+    preset,
+)
 
 
 def __getattr__(name: str):
@@ -27,4 +34,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PRESETS", "TrainConfig", "TrainResult", "apply_overrides", "fit", "preset", "run_on_ranks"]
+__all__ = ["ARCH_DEFAULTS", "PRESETS", "TrainConfig", "TrainResult", "apply_overrides", "defaults_for", "fit", "preset",
+           "run_on_ranks"]
