@@ -52,14 +52,14 @@ def _subset_folder(files: list[Path], dst: Path) -> Path:
     return dst
 
 
-def _ceiling(files: list[Path], threads: int, batch: int, repeat: int) -> float:
+def _ceiling(files: list[Path], threads: int, batch: int, repeat: int, backbone: str = "efficientnet_lite0") -> float:
     from sparkvision.models import get_spec
     from sparkvision.models.onnx_export import registered_onnx
     from sparkvision.models.runtime import OnnxModel
     from sparkvision.preprocess import ImagePreprocessor
 
-    tensors = ImagePreprocessor(get_spec("efficientnet_lite0").preprocess)([f.read_bytes() for f in files]).tensor
-    model = OnnxModel(registered_onnx("efficientnet_lite0"), threads=threads)
+    tensors = ImagePreprocessor(get_spec(backbone).preprocess)([f.read_bytes() for f in files]).tensor
+    model = OnnxModel(registered_onnx(backbone), threads=threads)
     model.run_batched(tensors[: batch * 2], "features", batch)  # warm-up
     best = float("inf")
     for _ in range(repeat):

@@ -43,7 +43,11 @@ def hand_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     return float(np.mean(search.predict(x_val) == y_val)), float(search.best_params_["C"])
 
 
-def compare(spark, name: str, train, val) -> dict:
+def compare(spark, name: str, train, val, model_name: str | None = None, with_old: bool = True) -> dict:
+    """Featurize ``train`` and ``val`` once with ``model_name`` (default: fit's), then fit the heads on the vectors.
+
+    ``with_old`` also fits the pre-issue-13 default (MLlib regParam 0.01, standardised).
+    """
     from pyspark import StorageLevel
     from pyspark.ml.feature import StringIndexer
 
@@ -60,7 +64,7 @@ def compare(spark, name: str, train, val) -> dict:
     )
     from sparkvision.ml.featurizer import ImageFeaturizer
 
-    settings = TransferSettings()
+    settings = TransferSettings() if model_name is None else TransferSettings(model_name=model_name)
     featurizer = ImageFeaturizer(modelName=settings.model_name, batchSize=settings.batch_size)
     size = featurizer.num_features()
     started = time.perf_counter()
@@ -78,7 +82,8 @@ def compare(spark, name: str, train, val) -> dict:
         return scored.where(scored[PREDICTION_INDEX] == scored[LABEL_INDEX]).count() / rows[1]
 
     old_s, old = timed(lambda: fit_head(prepared[0], replace(settings, logreg_reg_param=0.01,
-                                                               logreg_standardization=True), size, classes))
+                                                               logreg_standardization=True), size, classes)
+                       if with_old else None)
     new_s, new = timed(lambda: fit_head(prepared[0], settings, size, classes))
     x_train, y_train = feature_matrix(prepared[0], 10**9, 0)
     x_val, y_val = feature_matrix(prepared[1], 10**9, 0)
@@ -86,22 +91,20 @@ def compare(spark, name: str, train, val) -> dict:
     for p in prepared:
         p.unpersist()
     return {
-        "set": name, "train_rows": rows[0], "val_rows": rows[1], "featurize_s": featurize_s,
-        "old_accuracy": accuracy(old.model), "old_fit_s": old_s,
+        "set": name, "backbone": settings.model_name, "train_rows": rows[0], "val_rows": rows[1],
+        "featurize_s": featurize_s, "featurize_img_s": sum(rows) / featurize_s,
+        "old_accuracy": accuracy(old.model) if old else None, "old_fit_s": old_s if old else None,
         "new_accuracy": accuracy(new.model), "new_fit_s": new_s, "selection": new.selection,
         "probe_accuracy": probe_acc, "probe_C": probe_c, "probe_s": probe_s,
     }
 
 
-def run(quick: bool = False) -> Result:
-    from sparkvision.config import SparkSettings
+def data_sets(spark, quick: bool = False) -> list[tuple]:
+    """(name, train, val) of imagenette-mini (800 / 400) and Fashion-MNIST (4,000 / 1,500; 400 and 150 a class)."""
     from sparkvision.io import load_images
     from sparkvision.io.splits import sample_per_class
-    from sparkvision.session import get_spark
 
-    spark = get_spark(SparkSettings(master="local[2]", driver_memory="2g"))
     im = IMAGENETTE
-    per_class = (20, 10) if quick else (None, None)
     sets = [
         ("imagenette-mini", load_images(spark, str(im / "train"), probe="header"),
          load_images(spark, str(im / "val"), probe="header")),
@@ -109,8 +112,16 @@ def run(quick: bool = False) -> Result:
          sample_per_class(load_images(spark, "fashion-mnist:test"), 10 if quick else 150, 42)),
     ]
     if quick:
-        sets[0] = (sets[0][0], sample_per_class(sets[0][1], per_class[0], 42), sample_per_class(sets[0][2], per_class[1], 42))
-    figures = [compare(spark, *s) for s in sets]
+        sets[0] = (sets[0][0], sample_per_class(sets[0][1], 20, 42), sample_per_class(sets[0][2], 10, 42))
+    return sets
+
+
+def run(quick: bool = False) -> Result:
+    from sparkvision.config import SparkSettings
+    from sparkvision.session import get_spark
+
+    spark = get_spark(SparkSettings(master="local[2]", driver_memory="2g"))
+    figures = [compare(spark, *s) for s in data_sets(spark, quick)]
     rows = [[f["set"], f"{f['train_rows']:,} / {f['val_rows']:,}", f"{f['old_accuracy']:.4f}",
              f"{f['new_accuracy']:.4f}", f"{f['probe_accuracy']:.4f}",
              f"regParam {f['selection']['regParam']:g}, standardization {f['selection']['standardization']}",

@@ -29,6 +29,7 @@ from sparkvision.cli.common import (
 #: Command modules, in the order the help lists them (the order data flows).
 COMMAND_MODULES = [
     "sparkvision.cli.data",
+    "sparkvision.cli.models",
     "sparkvision.cli.transfer",
     "sparkvision.cli.train",
     "sparkvision.cli.detect",

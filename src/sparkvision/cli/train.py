@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from sparkvision.cli.common import Summary, emit, spark_from_args
+from sparkvision.cli.common import Summary, UsageError, emit, spark_from_args
 from sparkvision.cli.data import add_source_options, decode_settings, read_source
 from sparkvision.config.training import (
     ARCH_DEFAULTS,
@@ -17,6 +17,7 @@ from sparkvision.config.training import (
     defaults_for,
     preset,
 )
+from sparkvision.models.backbone import is_onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,10 @@ class _RegisteredModels:
 
     def __contains__(self, name: object) -> bool:
         from sparkvision.models import list_models
+        from sparkvision.models.backbone import is_onnx_file
 
-        return name in list_models()
+        # An ONNX file passes here so that _train can say why it cannot be trained.
+        return name in list_models() or (isinstance(name, str) and is_onnx_file(name))
 
     def __iter__(self):
         from sparkvision.models import list_models
@@ -131,6 +134,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _train(args: argparse.Namespace) -> int:
     from sparkvision.training.distributor import fit
 
+    if args.arch is not None and is_onnx_file(args.arch):
+        raise UsageError(f"{args.arch} is an ONNX graph: train fine-tunes a registered torch model (see 'sparkvision "
+                         "models'); use an ONNX backbone's frozen features with 'sparkvision fit --backbone'")
     config = config_from_args(args)
     if args.val is None and config.data.val_fraction == 0:
         log.warning("no validation data (--val or --val-fraction): no early stopping, the last epoch is exported")
@@ -174,7 +180,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "  sparkvision train --preset bigdl-lenet --train fashion-mnist:train --val fashion-mnist:test --out m/lenet\n"
         "  sparkvision train --arch smallcnn --train mnist-5k --val-fraction 0.1 --test-fraction 0.2 --epochs 15 "
         "--workers 2 --out m/cnn\n"
-        "  sparkvision train --arch efficientnet_lite0 --unfreeze-stages 3 --train photos/train --val photos/val "
+        "  sparkvision train --backbone efficientnet_lite1 --unfreeze-stages 3 --train photos/train --val photos/val "
         "--epochs 8 --batch-size 32 --optimizer adamw --lr 1e-3 --crop 1 --hflip 0.5 --out m/effnet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -203,11 +209,11 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     run.add_argument("--preset", choices=sorted(PRESETS), default=None,
                      help="a named recipe; bigdl-lenet = lenet5, SGD lr 0.4, decay 0.0002, batch 2048, 20 epochs, "
                      "data normalisation. Flags given next to it win")
-    run.add_argument("--arch", choices=_RegisteredModels(), default=None, metavar="ARCH",
-                     help="a registered network: %(choices)s (default lenet5). Without --preset, a network "
-                     "with its own recipe trains with it, under the flags given: " + "; ".join(
-                         f"{arch}: {recipe_flags(recipe)}" for arch, recipe in ARCH_DEFAULTS.items()))
-    run.add_argument("--epochs", type=int, default=None, help="epochs (default 10, or --arch's recipe)")
+    run.add_argument("--backbone", "--arch", dest="arch", choices=_RegisteredModels(), default=None, metavar="NAME",
+                     help="the registered network to train or fine-tune: %(choices)s (default lenet5; --arch is its "
+                     "other name). Without --preset, a network with its own recipe trains with it, under the flags "
+                     "given: " + "; ".join(f"{arch}: {recipe_flags(recipe)}" for arch, recipe in ARCH_DEFAULTS.items()))
+    run.add_argument("--epochs", type=int, default=None, help="epochs (default 10, or --backbone's recipe)")
     run.add_argument("--batch-size", type=int, default=None,
                      help="global batch size, split evenly over the workers (default 128, or --arch's recipe)")
     run.add_argument("--workers", type=int, default=None, help="data-parallel ranks (default 1)")

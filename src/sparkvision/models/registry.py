@@ -48,6 +48,9 @@ class ModelSpec:
     #: Names of the ONNX graph's input and outputs (for registered ONNX files).
     input_name: str = "input"
     output_names: dict[str, str] = field(default_factory=lambda: {"logits": "logits", "features": "features"})
+    #: Where the pretrained weights file is (a function, so a missing weights package fails only
+    #: this model, on use): what the ONNX export cache digests, so changed weights re-export.
+    weights_path: Callable[[], str] | None = None
 
     @property
     def is_onnx(self) -> bool:
@@ -82,6 +85,7 @@ def register(
     has_pretrained: bool = False,
     description: str = "",
     task: str = "classify",
+    weights_path: Callable[[], str] | None = None,
     overwrite: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Decorator: register the decorated ``builder(pretrained, num_classes, **kwargs)`` as ``name``."""
@@ -91,7 +95,7 @@ def register(
             ModelSpec(
                 name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
                 builder=builder, labels=tuple(labels) if labels else None, has_pretrained=has_pretrained,
-                description=description, task=task,
+                description=description, task=task, weights_path=weights_path,
             ),
             overwrite=overwrite,
         )
