@@ -24,8 +24,8 @@ def add_backbone_options(parser: argparse.ArgumentParser, default: str | None, w
 
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", "--model-name", dest="backbone", default=default, metavar="NAME|FILE.onnx",
-                       help=f"{what}: a registered model ('sparkvision models' lists them) or your own ONNX file, "
-                       "whose preprocessing a sidecar FILE.json or the two options below declare"
+                       help="a registered model ('sparkvision models' lists them) or your own ONNX file (its "
+                       f"preprocessing declared by a sidecar FILE.json or the two options below): {what}"
                        + (f" (default {default})" if default else ""))
     group.add_argument("--backbone-size", type=_size, default=None, metavar="SIZE",
                        help="an ONNX backbone's input size, e.g. 224 or 240x320 (default: its sidecar's, else "

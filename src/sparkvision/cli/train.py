@@ -28,7 +28,6 @@ class _RegisteredModels:
 
     def __contains__(self, name: object) -> bool:
         from sparkvision.models import list_models
-        from sparkvision.models.backbone import is_onnx_file
 
         # An ONNX file passes here so that _train can say why it cannot be trained.
         return name in list_models() or (isinstance(name, str) and is_onnx_file(name))
