@@ -88,23 +88,18 @@ def test_lite1_and_lite2_name_the_imagenet_classes_of_real_photos(imagenette, tm
         assert top1 >= 0.7 and top5 >= 0.93, (name, top1, top5)
 
 
-def test_the_featurizer_stage_runs_lite2_as_the_torch_model_does(spark, imagenette):
-    from sparkvision.ml.featurizer import ImageFeaturizer
+def test_the_lite2_onnx_export_gives_the_torch_models_features_at_260_px(imagenette):
     from sparkvision.models import create_model
     from sparkvision.preprocess import ImagePreprocessor
 
     files = sorted((imagenette / "val").glob("*/*"))[::200]
-    frame = spark.createDataFrame([(str(f), f.read_bytes(), None) for f in files], "path string, content binary, "
-                                  "error string")
-    featurizer = ImageFeaturizer(modelName="efficientnet_lite2")
-    assert featurizer.num_features() == 1280
-    got = {r["path"]: r["features"].toArray() for r in featurizer.transform(frame).collect()}
     batch = ImagePreprocessor(get_spec("efficientnet_lite2").preprocess)([f.read_bytes() for f in files])
     assert batch.tensor.shape == (len(files), 3, 260, 260)
+    got = ClassifierRunner.from_registry("efficientnet_lite2", threads=2).features(batch.tensor)
     with torch.no_grad():
         expected = create_model("efficientnet_lite2", pretrained=True).forward_features(torch.from_numpy(batch.tensor))
-    for file, want in zip(files, expected.numpy(), strict=True):
-        np.testing.assert_allclose(got[str(file)], want, rtol=1e-3, atol=1e-3)
+    assert got.shape == (len(files), 1280)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_fit_with_lite1_records_the_backbone_and_predict_runs_it(imagenette, tmp_path, cli):
