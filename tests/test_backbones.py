@@ -106,16 +106,15 @@ def test_fit_with_lite1_records_the_backbone_and_predict_runs_it(imagenette, tmp
     classes = ["chain_saw", "golf_ball", "tench"]
     train = photo_folder(imagenette, "train", tmp_path / "train", classes, per_class=6)
     model = tmp_path / "model"
-    # A random forest: MLlib's logistic regression runs up to 1,000 L-BFGS jobs on these 12 vectors (minutes here);
-    # the default classifier on a user backbone is the next test's.
     code, printed = cli("fit", "--train", train, "--val-fraction", "0.34", "--backbone", "efficientnet_lite1",
-                        "--classifier", "rf", "--out", model)
+                        "--out", model)
     assert code == 0
     report = json.loads(printed)
     assert report["backbone"] == "efficientnet_lite1" and report["validation"]["accuracy"] >= 2 / 3
     card = load_card(model)
     assert card.provenance["backbone"] == "efficientnet_lite1" and card.architecture.startswith("efficientnet_lite1")
     assert card.preprocess == get_spec("efficientnet_lite1").preprocess and card.preprocess.size == (240, 240)
+    assert card.onnx and card.provenance["onnx_export"]["backbone"] == "efficientnet_lite1"  # what serve runs
 
     photos = photo_folder(imagenette, "val", tmp_path / "new", classes, per_class=2)
     code, printed = cli("predict", "--model", model, "--input", photos, "--out", tmp_path / "predictions")
