@@ -212,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                      help="the registered network to train or fine-tune: %(choices)s (default lenet5; --arch is its "
                      "other name). Without --preset, a network with its own recipe trains with it, under the flags "
                      "given: " + "; ".join(f"{arch}: {recipe_flags(recipe)}" for arch, recipe in ARCH_DEFAULTS.items()))
-    run.add_argument("--epochs", type=int, default=None, help="epochs (default 10, or --backbone's recipe)")
+    run.add_argument("--epochs", type=int, default=None, help="epochs (default 10, or --arch's recipe)")
     run.add_argument("--batch-size", type=int, default=None,
                      help="global batch size, split evenly over the workers (default 128, or --arch's recipe)")
     run.add_argument("--workers", type=int, default=None, help="data-parallel ranks (default 1)")
