@@ -206,7 +206,9 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
 
     run = parser.add_argument_group("training")
     run.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                     help="a named recipe; bigdl-lenet = lenet5, SGD lr 0.4, decay 0.0002, batch 2048, 20 epochs, "
+                     help="a named recipe; finetune = a pretrained backbone (efficientnet_lite0, or --backbone) fine-tuned: "
+                     "last 3 stages + new head, AdamW, cosine, crops and flips, best epoch by val top-1; "
+                     "bigdl-lenet = lenet5, SGD lr 0.4, decay 0.0002, batch 2048, 20 epochs, "
                      "data normalisation. Flags given next to it win")
     run.add_argument("--backbone", "--arch", dest="arch", choices=_RegisteredModels(), default=None, metavar="NAME",
                      help="the registered network to train or fine-tune: %(choices)s (default lenet5; --arch is its "

@@ -303,6 +303,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": {"name": "cosine", "warmup_epochs": 1.0},
         "data": {"eval_batch_size": 16},
     },
+    # Fine-tuning a pretrained classifier backbone (``--backbone``, default EfficientNet-Lite0):
+    # the last stages and a new head, AdamW with warm-up and cosine decay, the backbone at a
+    # tenth of the head's rate, crops and flips, label smoothing; the best epoch by val top-1.
+    "finetune": {
+        "epochs": 8,
+        "batch_size": 32,
+        "monitor": "val_top1",
+        "model": {"arch": "efficientnet_lite0", "pretrained": True, "unfreeze_stages": 3, "backbone_lr_mult": 0.1},
+        "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.05},
+        "schedule": {"name": "cosine", "warmup_epochs": 1.0},
+        "augment": {"crop_prob": 1.0, "crop_scale": (0.35, 1.0), "hflip_prob": 0.5},
+        "loss": {"label_smoothing": 0.1},
+    },
     "bigdl-lenet": {
         "epochs": 20,
         "batch_size": 2048,
