@@ -175,3 +175,59 @@ def test_a_checkpoint_holds_the_state_as_plain_values(digits_parquet, tmp_path):
     state = TrainState.from_checkpoint(payload)
     assert state.epoch == 1 and state.best_epoch == 1 and state.best == state.history[0]["val_loss"]
     assert state.history == payload["state"]["history"] and state.to_dict().keys() == payload["state"].keys()
+
+
+class HeadedBrightnessTask(BrightnessTask):
+    """The brightness task on a network with a pretrained-style body and a separate head."""
+
+    initial: dict[str, torch.Tensor] | None = None
+
+    def build_model(self):
+        from sparkvision.config import ModelConfig
+        from sparkvision.training.modelbuild import param_groups
+
+        class Headed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                self.head = nn.Linear(4, 1)
+
+            def get_classifier(self):
+                return self.head
+
+            def forward(self, x):
+                return self.head(self.body(x))
+
+        model = Headed().to(self.device)
+        HeadedBrightnessTask.initial = {k: v.clone() for k, v in model.state_dict().items()}
+        groups, frozen = param_groups(model, ModelConfig(arch="custom", head_epochs=self.job.config.model.head_epochs),
+                                      pretrained=True)
+        return model, groups, frozen
+
+
+def test_head_epochs_train_the_head_alone_then_the_backbone_joins(digits_parquet, tmp_path, monkeypatch):
+    """``head_epochs``: during the warm-up the body's weights and batch-norm statistics stay
+    exactly as built while the head learns; afterwards the body trains too."""
+    monkeypatch.setitem(tasks.TASKS, "brightness", HeadedBrightnessTask)
+    job = _job(digits_parquet, tmp_path, "brightness", epochs=3, model={"head_epochs": 2},
+               checkpoint={"keep_last": 3})
+    _train(job, 0, 1, torch.device("cpu"))
+    initial = HeadedBrightnessTask.initial
+    after = {epoch: torch.load(tmp_path / "checkpoints" / f"epoch-{epoch:04d}.pt", weights_only=False)["model"]
+             for epoch in (1, 2, 3)}
+    body = [k for k in initial if k.startswith("body.")]
+    assert "body.1.running_mean" in body and "body.1.num_batches_tracked" in body
+    for epoch in (1, 2):
+        assert all(torch.equal(after[epoch][k], initial[k]) for k in body), epoch
+        assert not torch.equal(after[epoch]["head.weight"], initial["head.weight"])
+    assert not torch.equal(after[3]["body.0.weight"], initial["body.0.weight"])
+    assert not torch.equal(after[3]["body.1.running_mean"], initial["body.1.running_mean"])
+
+
+def test_head_epochs_are_refused_where_nothing_is_a_backbone(digits_parquet, tmp_path, monkeypatch):
+    monkeypatch.setitem(tasks.TASKS, "brightness", BrightnessTask)
+    with pytest.raises(ValueError, match="head_epochs needs a pretrained backbone under a separate head"):
+        _train(_job(digits_parquet, tmp_path, "brightness", model={"head_epochs": 1}), 0, 1, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"head_epochs \(4\) must leave epochs \(4\)"):
+        _job(digits_parquet, tmp_path, "brightness", model={"head_epochs": 4})

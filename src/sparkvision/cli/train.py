@@ -68,7 +68,7 @@ _FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "epochs": (None, "epochs"), "batch_size": (None, "batch_size"), "seed": (None, "seed"),
     "patience": (None, "patience"), "monitor": (None, "monitor"), "export": (None, "export"),
     "arch": ("model", "arch"), "pretrained": ("model", "pretrained"), "unfreeze_stages": ("model", "unfreeze_stages"),
-    "backbone_lr_mult": ("model", "backbone_lr_mult"), "dropout": ("model", "dropout"),
+    "head_epochs": ("model", "head_epochs"), "backbone_lr_mult": ("model", "backbone_lr_mult"), "dropout": ("model", "dropout"),
     "image_size": ("model", "image_size"), "channels": ("model", "channels"), "normalize": ("model", "normalize"),
     "optimizer": ("optimizer", "name"), "lr": ("optimizer", "lr"), "momentum": ("optimizer", "momentum"),
     "nesterov": ("optimizer", "nesterov"), "weight_decay": ("optimizer", "weight_decay"),
@@ -91,6 +91,18 @@ _FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
 }
 
 
+_ALL_STAGES = "all"
+
+
+def _stages(text: str) -> int | str:
+    if text == _ALL_STAGES:
+        return text
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--unfreeze-stages takes a number or 'all', got {text!r}") from exc
+
+
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the user gave as flags, nested as :func:`apply_overrides` takes them."""
     overrides: dict[str, Any] = {}
@@ -98,6 +110,8 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, dest, None)
         if value is None:
             continue
+        if value == _ALL_STAGES:
+            value = None  # the config's "every stage trains"
         if section is None:
             overrides[name] = value
         else:
@@ -114,6 +128,8 @@ def recipe_flags(overrides: dict[str, Any]) -> str:
             option = "--" + flag[(key if isinstance(value, dict) else None, name)].replace("_", "-")
             if isinstance(v, bool):
                 words.append(option if v else option.replace("--", "--no-", 1))
+            elif v is None and name == "unfreeze_stages":
+                words += [option, _ALL_STAGES]
             else:
                 words += [option, ",".join(map(_number, v)) if isinstance(v, tuple) else _number(v)]
     return " ".join(words)
@@ -237,8 +253,12 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     model = parser.add_argument_group("model")
     model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                        help="start from the registry's pretrained weights (default: when there are any)")
-    model.add_argument("--unfreeze-stages", type=int, default=None, metavar="N",
-                       help="fine-tuning: train only the last N backbone stages and the new head (0 = head only)")
+    model.add_argument("--unfreeze-stages", type=_stages, default=None, metavar="N|all",
+                       help="fine-tuning: train only the last N backbone stages and the new head (0 = head only; "
+                       "default all, or the preset's)")
+    model.add_argument("--head-epochs", type=int, default=None, metavar="N",
+                       help="fine-tuning warm-up: the first N epochs train the new head only, then the unfrozen "
+                       "stages join (default 0)")
     model.add_argument("--backbone-lr-mult", type=float, default=None,
                        help="learning rate of pretrained layers relative to the head (default 0.1)")
     model.add_argument("--dropout", type=float, default=None, help="dropout of the architecture, where it has one")

@@ -30,6 +30,10 @@ class ModelConfig(Validated):
     unfreeze_stages: int | None = None
     #: Learning rate of the backbone's trainable stages relative to the head's.
     backbone_lr_mult: float = 0.1
+    #: Fine-tuning warm-up: the first N epochs train the new head only (the backbone kept
+    #: as pretrained, batch-norm statistics included), so the random head's large early
+    #: gradients never reach the pretrained weights; then the unfrozen stages join.
+    head_epochs: int = 0
     #: Override of the architecture's dropout, where it has one.
     dropout: float | None = None
     #: Input size (height, width) and channels instead of the registered model's.
@@ -52,6 +56,8 @@ class ModelConfig(Validated):
         super().__post_init__()
         if self.unfreeze_stages is not None and self.unfreeze_stages < 0:
             raise ValueError(f"unfreeze_stages must be >= 0, got {self.unfreeze_stages}")
+        if self.head_epochs < 0:
+            raise ValueError(f"head_epochs must be >= 0, got {self.head_epochs}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
@@ -254,6 +260,9 @@ class TrainConfig(Validated):
             raise ValueError("val + test fractions must leave something to train on")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.model.head_epochs >= self.epochs:
+            raise ValueError(f"head_epochs ({self.model.head_epochs}) must leave epochs ({self.epochs}) in which "
+                             "the backbone trains")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

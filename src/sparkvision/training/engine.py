@@ -211,6 +211,10 @@ class _Run:
         self.optimizer = build_optimizer(groups, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.epochs, self.steps)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.backbone_params = [p for g in self.optimizer.param_groups if g["backbone"] for p in g["params"]]
+        if cfg.model.head_epochs and not self.backbone_params:
+            raise ValueError(f"head_epochs needs a pretrained backbone under a separate head; {cfg.model.arch} "
+                             "trains as one piece")
         self.columns = task.curve_columns()
         self.monitor = cfg.monitor if self.val is not None else "train_loss"
         task.check_monitor(self.monitor)
@@ -225,6 +229,10 @@ class _Run:
         self.net.train()
         for module in self.frozen:
             module.eval()
+        head_only = epoch < cfg.model.head_epochs
+        if head_only:  # the backbone as pretrained: batch-norm statistics too
+            self.model.eval()
+            self.model.get_classifier().train()
         order = epoch_order(len(train), self.shard_len, cfg.seed, epoch, self.rank)  # type: ignore[arg-type]
         arng = augment_rng(cfg.seed, epoch, self.rank)
         sums = torch.zeros(2, dtype=torch.float64)  # loss * samples, samples
@@ -239,6 +247,9 @@ class _Run:
             loss = task.loss(outputs, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if head_only:  # an optimiser skips a parameter without a gradient (no decay either)
+                for p in self.backbone_params:
+                    p.grad = None
             if cfg.optimizer.grad_clip_norm:
                 nn.utils.clip_grad_norm_(self.trainable, cfg.optimizer.grad_clip_norm)
             self.optimizer.step()

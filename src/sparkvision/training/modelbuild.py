@@ -101,7 +101,7 @@ def param_groups(model: nn.Module, model_cfg: ModelConfig, pretrained: bool) -> 
     backbone_mult = model_cfg.backbone_lr_mult if pretrained else 1.0
     groups = [{"params": head_list, "lr_mult": 1.0}] if head_list else []
     if backbone:
-        groups.append({"params": backbone, "lr_mult": backbone_mult if head_list else 1.0})
+        groups.append({"params": backbone, "lr_mult": backbone_mult if head_list else 1.0, "backbone": bool(head_list)})
     return groups, frozen
 
 

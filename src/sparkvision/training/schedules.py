@@ -29,13 +29,15 @@ from sparkvision.config.training import OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(groups: Iterable[dict[str, Any]], config: OptimizerConfig) -> Optimizer:
-    """``groups``: dicts with ``params`` and optionally ``lr_mult`` (default 1)."""
+    """``groups``: dicts with ``params`` and optionally ``lr_mult`` (default 1) and ``backbone``
+    (a pretrained backbone's parameters, held during ``head_epochs``)."""
     param_groups = []
     for group in groups:
         params = [p for p in group["params"] if p.requires_grad]
         if params:
             mult = float(group.get("lr_mult", 1.0))
-            param_groups.append({"params": params, "lr": config.lr * mult, "lr_mult": mult})
+            param_groups.append({"params": params, "lr": config.lr * mult, "lr_mult": mult,
+                                 "backbone": bool(group.get("backbone", False))})
     if not param_groups:
         raise ValueError("no trainable parameters")
     if config.name == "sgd":
