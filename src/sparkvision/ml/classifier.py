@@ -430,9 +430,11 @@ def fit_transfer(
     )
     source = featurizer.model_source()
     num_features = featurizer.num_features()
+    featurize_started = time.perf_counter()
     train_features = featurized(featurizer, train)
     try:
         counts = {r[LABEL]: int(r["count"]) for r in train_features.groupBy(LABEL).count().collect()}
+        featurize_seconds = time.perf_counter() - featurize_started  # that first action ran the CNN on every row
         total_rows = train.count()
         used = sum(counts.values())
         if len(counts) < 2:
@@ -449,10 +451,12 @@ def fit_transfer(
         filler = NullVectorFiller(inputCol=FEATURES, outputCol=FEATURES_FILLED, size=num_features)
         prepared = filler.transform(indexer.transform(train_features)).select(FEATURES_FILLED, LABEL_INDEX)
         prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
+        head_started = time.perf_counter()
         try:
             head = fit_head(prepared, settings, num_features, len(labels))
         finally:
             prepared.unpersist()
+        head_seconds = time.perf_counter() - head_started
         classifier_model, grid_results = head.model, head.grid_results
     finally:
         train_features.unpersist()
@@ -484,6 +488,8 @@ def fit_transfer(
             **({"model_selection": head.selection} if head.selection else {}),
             "seed": settings.seed,
             "train_rows": counts,
+            "featurize_seconds": round(featurize_seconds, 2),
+            "head_seconds": round(head_seconds, 2),
             "settings": _plain(asdict(settings)),
         },
     )
@@ -500,6 +506,41 @@ def _backbone_file(name: str) -> dict[str, str]:
 
     spec = get_spec(name)
     return {"backbone_file": spec.onnx_path} if spec.is_onnx and spec.onnx_path else {}
+
+
+def read_fit_parts(
+    spark: SparkSession,
+    train_src: str,
+    settings: TransferSettings,
+    val_src: str | None = None,
+    per_class: int | None = None,
+    val_per_class: int | None = None,
+    source_reader: Callable[[str], DataFrame] | None = None,
+) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
+    """``fit``'s (train, val, provenance) frames: ``val_src``, else a stratified ``settings.val_fraction``
+    of each class of ``train_src``; at most ``per_class`` / ``val_per_class`` images of each class."""
+    from sparkvision.io import load_images
+    from sparkvision.io.splits import SPLIT, assign_splits, sample_per_class
+
+    read = source_reader or (lambda src: load_images(spark, src, probe="header"))
+    frame = read(train_src)
+    if per_class:
+        frame = sample_per_class(frame, per_class, settings.seed)
+    if val_src:
+        train, val = frame, read(val_src)
+        if val_per_class:
+            val = sample_per_class(val, val_per_class, settings.seed)
+        val_source = val_src
+    else:
+        assigned = assign_splits(frame, {"train": 1 - settings.val_fraction, "val": settings.val_fraction},
+                                 seed=settings.seed)
+        train = assigned.where(F.col(SPLIT) == "train").drop(SPLIT)
+        val = assigned.where(F.col(SPLIT) == "val").drop(SPLIT)
+        val_source = f"stratified {settings.val_fraction:.0%} of {train_src} (seed {settings.seed})"
+    provenance: dict[str, Any] = {"train_source": train_src, "val_source": val_source}
+    if per_class:
+        provenance["train_per_class"] = per_class
+    return train, val, provenance
 
 
 def fit_from_sources(
@@ -520,29 +561,11 @@ def fit_from_sources(
     choice). ``source_reader`` reads a source (default: :func:`sparkvision.io.load_images`
     with header probing); the CLI passes one that applies its source options.
     """
-    from sparkvision.io import load_images
-    from sparkvision.io.splits import SPLIT, assign_splits, sample_per_class
     from sparkvision.progress import spark_progress
 
     settings = settings or TransferSettings()
-    read = source_reader or (lambda src: load_images(spark, src, probe="header"))
-    frame = read(train_src)
-    if per_class:
-        frame = sample_per_class(frame, per_class, settings.seed)
-    if val_src:
-        train, val = frame, read(val_src)
-        if val_per_class:
-            val = sample_per_class(val, val_per_class, settings.seed)
-        val_source = val_src
-    else:
-        assigned = assign_splits(frame, {"train": 1 - settings.val_fraction, "val": settings.val_fraction},
-                                 seed=settings.seed)
-        train = assigned.where(F.col(SPLIT) == "train").drop(SPLIT)
-        val = assigned.where(F.col(SPLIT) == "val").drop(SPLIT)
-        val_source = f"stratified {settings.val_fraction:.0%} of {train_src} (seed {settings.seed})"
-    provenance: dict[str, Any] = {"train_source": train_src, "val_source": val_source}
-    if per_class:
-        provenance["train_per_class"] = per_class
+    train, val, provenance = read_fit_parts(spark, train_src, settings, val_src, per_class, val_per_class,
+                                            source_reader)
     with spark_progress(spark, "fit"):
         model = fit_transfer(train, val, settings, provenance=provenance)
     return model, model.save(out, overwrite=overwrite)
