@@ -11,7 +11,7 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from sparkvision.cli.common import Summary, emit, fmt, predictions_summary, spark_from_args
+from sparkvision.cli.common import Summary, UsageError, emit, fmt, predictions_summary, spark_from_args
 from sparkvision.cli.data import add_source_options, read_source
 from sparkvision.cli.detect import add_detection_options, detection_settings
 from sparkvision.cli.models import add_backbone_options, backbone_from_args
@@ -78,10 +78,76 @@ def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | 
 
 
 def _fit(args: argparse.Namespace) -> int:
+    if args.auto:
+        return _fit_auto(args)
+    if args.finetune:
+        raise UsageError("--finetune adds the fine-tune preset to the candidates of --auto; use it with --auto "
+                         "(or run 'sparkvision train --preset finetune')")
     settings = _settings(args)  # an unknown backbone fails here, before Spark starts
     spark = spark_from_args(args)
     emit(_fit_report(spark, args, args.train, args.val, args.out, settings), _fit_summary)
     return 0
+
+
+def _auto_backbones(args: argparse.Namespace) -> list[str] | None:
+    """``--auto``'s candidates: each of ``--backbone A,B,...`` (registered now if a file), else None (every
+    offline backbone)."""
+    if args.backbone is None:
+        backbone_from_args(args)  # --backbone-size/-norm without a file is still a usage error
+        return None
+    names = [n.strip() for n in args.backbone.split(",") if n.strip()]
+    return [backbone_from_args(argparse.Namespace(**{**vars(args), "backbone": n})) for n in names]
+
+
+def _fit_auto(args: argparse.Namespace) -> int:
+    from sparkvision.ml.auto import fit_auto
+
+    backbones = _auto_backbones(args)  # an unknown backbone fails here, before Spark starts
+    settings = _settings(argparse.Namespace(**{**vars(args), "backbone": None, "backbone_size": None,
+                                               "backbone_norm": None}))
+    spark = spark_from_args(args)
+    result = fit_auto(
+        spark, args.train, args.out, settings, val_src=args.val, per_class=args.per_class,
+        val_per_class=args.val_per_class, overwrite=args.overwrite,
+        source_reader=lambda src: read_source(spark, args, src, probe="header"), backbones=backbones,
+        finetune=args.finetune,
+    )
+    emit({**result.to_dict(), "validation": metrics_report(result.validation)}, _fit_auto_summary)
+    return 0
+
+
+def auto_table_lines(table: list[dict[str, Any]]) -> list[str]:
+    """The comparison of ``fit --auto`` as aligned text lines, a header first (the CLI summary's)."""
+    def cell(value: Any, digits: str = ".4f") -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return format(value, digits) if isinstance(value, float) else str(value)
+
+    width = max(len("candidate"), *(len(r["candidate"]) for r in table))
+    lines = [f"{'candidate':<{width}}  {'GFLOPs':>6}  {'regParam':>8}  {'std':>3}  {'CV acc':>6}  {'val acc':>7}  "
+             f"{'feat s':>6}  {'fit s':>6}  chosen"]
+    for r in table:
+        lines.append(f"{r['candidate']:<{width}}  {cell(r['gflops'], '.3g'):>6}  {cell(r['regParam'], 'g'):>8}  "
+                     f"{cell(r['standardization']):>3}  {cell(r['cv_accuracy']):>6}  {cell(r['val_accuracy']):>7}  "
+                     f"{cell(r['featurize_seconds'], '.1f'):>6}  {cell(r['fit_seconds'], '.1f'):>6}  "
+                     f"{'<-' if r['chosen'] else ''}")
+    return lines
+
+
+def _fit_auto_summary(r: dict[str, Any]) -> Summary:
+    lines = auto_table_lines(r["table"])
+    cost = r["cost"]
+    return Summary(
+        f"fit --auto: {r['chosen']} is the best of {len(r['table'])} candidates by {r['selected_by'].replace('_', ' ')}"
+        f"; model in {r['model']}",
+        [("compared", lines[0]), *(("", line) for line in lines[1:]),
+         ("estimated cost", f"{cost['total_seconds']:g} s ({cost['method']})"),
+         *_validation_facts(r["validation"]), *(("note", n) for n in r["notes"])],
+        [f"sparkvision predict --model {r['model']} --input SRC --out PREDICTIONS",
+         f"sparkvision evaluate --predictions PREDICTIONS --model {r['model']} --out REPORT_DIR"],
+    )
 
 
 def _validation_facts(v: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -229,6 +295,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "--out models/imagenette\n"
         "  sparkvision fit --train photos/ --out models/photos --classifier mlp --grid\n"
         "  sparkvision fit --train photos/ --out models/photos --backbone efficientnet_lite2\n"
+        "  sparkvision fit --train photos/train --val photos/val --out models/photos --auto --finetune\n"
         "  sparkvision fit --train photos/ --out models/photos --backbone my_net.onnx --backbone-size 224 "
         "--backbone-norm imagenet\n"
         "  sparkvision fit --train fashion-mnist:train --per-class 500 --val fashion-mnist:test --out models/fmnist",
@@ -244,6 +311,14 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     fit.add_argument("--grid", action="store_true",
                      help="choose the classifier's parameters by k-fold cross-validation (features computed once); "
                      "logreg always does: regParam and standardization by CV on the cached features")
+    fit.add_argument("--auto", action="store_true",
+                     help="fit a head on every offline pretrained backbone ('sparkvision models'; or each of "
+                     "--backbone A,B), the same selection as a plain fit for each, and keep the best by val "
+                     "accuracy (ties to fewer GFLOPs; without val rows, by CV accuracy); states its cost first and "
+                     "writes the comparison into the summary and the model card")
+    fit.add_argument("--finetune", action="store_true",
+                     help="with --auto: also fine-tune (train --preset finetune) on the same train/val rows and "
+                     "keep it if it wins (the model directory is then train's)")
     fit.add_argument("--folds", type=int, default=None,
                      help=f"folds of the cross-validation (default {defaults.grid_folds})")
     fit.add_argument("--output", choices=["features", "logits"], default=None,
