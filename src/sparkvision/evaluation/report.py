@@ -280,6 +280,43 @@ def training_curves(model_dir: str | Path | None) -> tuple[str | None, list[str]
     return plot_curves(curves), list(curves.columns)
 
 
+def auto_selection(model_dir: str | Path | None) -> dict[str, Any] | None:
+    """The comparison ``fit --auto`` wrote into a model directory's card (``provenance.model_selection.auto``)."""
+    if not model_dir or not (Path(model_dir) / "sparkvision_model.json").is_file():
+        return None
+    from sparkvision.models.model_dir import load_card
+
+    selection = load_card(model_dir).provenance.get("model_selection")
+    return selection.get("auto") if isinstance(selection, dict) else None
+
+
+def _auto_section(auto: dict[str, Any] | None) -> str:
+    """How ``fit --auto`` chose this model: every candidate's scores and times, the chosen one marked."""
+    if not auto:
+        return ""
+    columns = [("candidate", "candidate"), ("GFLOPs", "gflops"), ("regParam", "regParam"),
+               ("standardization", "standardization"), ("CV accuracy", "cv_accuracy"),
+               ("val accuracy", "val_accuracy"), ("featurize s", "featurize_seconds"), ("fit s", "fit_seconds")]
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns) + "<th>chosen</th>"
+    rows = []
+    for r in auto.get("table", []):
+        values = [r.get(key) for _, key in columns]
+        cells = "".join(f"<td>{({True: 'yes', False: 'no'}[v] if isinstance(v, bool) else _fmt(v))}</td>"
+                        for v in values)
+        attr = ' class="chosen"' if r.get("chosen") else ""
+        rows.append(f"<tr{attr}>{cells}<td>{'yes' if r.get('chosen') else ''}</td></tr>")
+    cost = auto.get("cost") or {}
+    notes = [f"Chosen by {html.escape(str(auto.get('selected_by', '')).replace('_', ' '))}; ties go to fewer GFLOPs."]
+    if cost:
+        notes.append(f"Cost stated beforehand: {_fmt(cost.get('total_seconds'))} s "
+                     f"({html.escape(str(cost.get('method', '')))}).")
+    notes += [html.escape(n) for n in auto.get("notes", [])]
+    items = "".join(f"<li>{n}</li>" for n in notes)
+    return ('<section id="auto-selection"><h2>Model selection (fit --auto)</h2><div class="scroll">'
+            f'<table id="auto-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            f'<ul class="notes">{items}</ul></section>')
+
+
 def model_name(source: dict[str, Any] | None, model_dir: str | Path | None) -> str | None:
     """The model's name for a report title: the card's, else the model directory's."""
     return (source or {}).get("model") or (Path(model_dir).name if model_dir else None)
@@ -340,6 +377,8 @@ class Report:
     reliability_png: str | None = None
     curves_png: str | None = None
     curves_columns: list[str] = field(default_factory=list)
+    #: The candidates ``fit --auto`` compared to choose this model (from its card), if it did.
+    auto_selection: dict[str, Any] | None = None
     gallery: list[GalleryItem] = field(default_factory=list)
     heatmap_note: str = ""
 
@@ -433,6 +472,7 @@ def render_html(report: Report) -> str:
                      "Bars: accuracy of the rows whose confidence falls in each bin (equal-width bins, right-closed); "
                      "black ticks: their mean confidence; hatched: the gap. ECE is the row-weighted mean gap."),
         _curves_section(report.curves_png, report.curves_columns),
+        _auto_section(report.auto_selection),
         _gallery_html(report.gallery),
     ])
 
@@ -457,6 +497,7 @@ def build_report(
                                    f"{len(result.confusion_labels)}; metrics.json holds the full matrix.")
     report.reliability_png = plot_reliability(result)
     report.curves_png, report.curves_columns = training_curves(model_dir)
+    report.auto_selection = auto_selection(model_dir)
     if predictions is not None and settings.gallery_size > 0:
         wrong = most_confidently_wrong(predictions, settings.gallery_size)
         spark = spark or predictions.sparkSession
