@@ -149,13 +149,14 @@ def _cost_line(cost: dict[str, Any]) -> str:
     line = (f"fit --auto cost estimate: {cost['images']} images ({cost['train_images']} train + "
             f"{cost['val_images']} val) x {len(cost['backbones'])} backbones x per-image featurize time "
             f"({cost['method']}), over {cost['parallel_tasks']} parallel tasks: {per}; "
-            f"total {cost['total_seconds']:.3g} s of featurizing (head selection and Spark overhead not included)")
+            f"featurizing {cost['featurize_seconds']:.3g} s")
     ft = cost.get("finetune")
     if ft:
-        line += (f"; plus fine-tuning {ft['arch']}: {ft['epochs']} epochs x {ft['train_images']} train images x "
+        line += (f"; fine-tuning {ft['arch']}: {ft['epochs']} epoch(s) x {ft['train_images']} train images x "
                  f"{ft['per_image_seconds']:.3g} s/image ({ft['method']}) -> {ft['estimate_seconds']:.3g} s "
-                 "(per-epoch validation not included)")
-    return line
+                 "(its per-epoch validation not included)")
+    return line + (f"; total {cost['total_seconds']:.3g} s (head selection, model saving and Spark's own overhead "
+                   "not included)")
 
 
 def estimate_cost(spark: SparkSession, names: list[str], train: DataFrame, train_images: int, val_images: int,
