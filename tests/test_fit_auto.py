@@ -1,0 +1,103 @@
+"""``sparkvision fit --auto``: a head on every offline backbone, the best by validation saved and explained,
+its cost stated before the work starts (real photos, real backbones, checked against scikit-learn)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_main
+from sklearn.metrics import accuracy_score
+from transfer_cases import photo_folder
+
+from sparkvision.cli.common import ExitCode
+from sparkvision.models import get_spec, list_models
+from sparkvision.models.model_dir import load_card
+
+CLASSES = ["chain_saw", "golf_ball", "tench"]
+
+
+def _offline_classifiers() -> set[str]:
+    """Every registered pretrained classifier whose weights file is on this machine: what --auto must try."""
+    return {n for n in list_models(pretrained=True)
+            if get_spec(n).task == "classify" and os.path.isfile(get_spec(n).weights_path())}
+
+
+def test_fit_auto_fits_every_offline_backbone_saves_the_best_by_val_and_states_its_cost_first(
+        imagenette, tmp_path, cli, caplog):
+    train = photo_folder(imagenette, "train", tmp_path / "train", CLASSES, per_class=8)
+    val = photo_folder(imagenette, "val", tmp_path / "val", CLASSES, per_class=4)
+    model = tmp_path / "model"
+    caplog.set_level(logging.INFO, logger="sparkvision")
+    code, printed = cli("fit", "--auto", "--train", train, "--val", val, "--out", model)
+    assert code == 0
+    result = json.loads(printed)
+    table = result["table"]
+
+    # Every offline backbone, the EfficientNet-Lite family among them; no detector, no untrained network.
+    offline = _offline_classifiers()
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= offline
+    assert [r["candidate"] for r in table] == [r["backbone"] for r in table]
+    assert sorted(r["backbone"] for r in table) == sorted(offline)
+    code, models = run_main("models")
+    gflops = {m["name"]: m["gflops"] for m in json.loads(models)}
+    for row in table:
+        assert row["kind"] == "frozen" and row["gflops"] == gflops[row["backbone"]]
+        assert row["regParam"] > 0 and isinstance(row["standardization"], bool)
+        assert 0 <= row["cv_accuracy"] <= 1 and 0 <= row["val_accuracy"] <= 1
+        assert row["featurize_seconds"] > 0 and row["fit_seconds"] > 0
+
+    # The choice, recomputed from the table: best val accuracy, ties to fewer GFLOPs.
+    best = min(table, key=lambda r: (-r["val_accuracy"], r["gflops"]))
+    assert [r["chosen"] for r in table] == [r is best for r in table]
+    assert result["backbone"] == best["backbone"] and result["selected_by"] == "val_accuracy"
+    card = load_card(model)
+    assert card.kind == "spark_pipeline" and card.provenance["backbone"] == best["backbone"]
+    assert card.provenance["model_selection"]["regParam"] == best["regParam"]
+    assert card.provenance["model_selection"]["auto"]["table"] == table
+
+    # The cost: logged as one line before the first backbone's featurization, and in the result.
+    messages = [r.getMessage() for r in caplog.records]
+    cost_at = next(i for i, m in enumerate(messages) if m.startswith("fit --auto cost estimate"))
+    started_at = next(i for i, m in enumerate(messages) if "featurizing" in m and "[1/" in m)
+    featurized_at = next(i for i, m in enumerate(messages) if m.startswith("featurized "))
+    assert cost_at < started_at < featurized_at
+    cost = result["cost"]
+    assert (cost["train_images"], cost["val_images"]) == (24, 12) and "measured on" in cost["method"]
+    assert [b["backbone"] for b in cost["backbones"]] == [r["backbone"] for r in table]
+    for b in cost["backbones"]:
+        assert b["per_image_seconds"] > 0
+        assert b["estimate_seconds"] == pytest.approx(36 * b["per_image_seconds"] / cost["parallel_tasks"], abs=0.01)
+        assert b["backbone"] in messages[cost_at]
+    assert cost["total_seconds"] == pytest.approx(sum(b["estimate_seconds"] for b in cost["backbones"]), abs=0.1)
+
+    # predict runs the saved model as any fit model, and gives the chosen row's val accuracy again.
+    code, printed = cli("predict", "--model", model, "--input", val, "--out", tmp_path / "predictions")
+    assert code == 0 and json.loads(printed)["predicted"] == 12
+    rows = pq.read_table(tmp_path / "predictions").to_pylist()
+    assert all(r["error"] is None for r in rows)
+    accuracy = accuracy_score([r["label"] for r in rows], [r["prediction"] for r in rows])
+    assert math.isclose(accuracy, best["val_accuracy"], abs_tol=1e-9) and accuracy >= 0.75
+
+    # The evaluation report of that model shows the comparison.
+    code, _ = cli("evaluate", "--predictions", tmp_path / "predictions", "--model", model, "--out", tmp_path / "report")
+    assert code == 0
+    page = (tmp_path / "report" / "report.html").read_text("utf-8")
+    assert 'id="auto-table"' in page and all(r["backbone"] in page for r in table)
+
+
+def test_fit_auto_misuse_is_a_usage_error_before_spark_starts(tmp_path, caplog):
+    cases = [
+        (["fit", "--train", tmp_path, "--out", tmp_path / "m", "--finetune"], "use it with --auto"),
+        (["fit", "--auto", "--train", tmp_path, "--out", tmp_path / "m", "--backbone", "efficientnet_lite0,nope"],
+         "unknown model 'nope'"),
+    ]
+    for args, words in cases:
+        caplog.clear()
+        code, printed = run_main(*args)
+        assert code == ExitCode.USAGE and printed == "", args
+        assert words in caplog.text, (args, caplog.text[-2000:])
