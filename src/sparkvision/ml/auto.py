@@ -285,7 +285,8 @@ def fit_auto(
         finetuned: tuple[str, dict[str, Any]] | None = None
         if ft_config is not None:
             work = tempfile.mkdtemp(prefix=f".{out_path.name}.auto-", dir=out_path.parent)
-            row, model_dir, metrics = _finetune(spark, ft_config, train, val, work, settings, train_src, provenance)
+            row, model_dir, metrics = _finetune(spark, ft_config, train, val, work, settings, out_path.name,
+                                                provenance)
             table.append(row)
             finetuned = (model_dir, metrics)
             notes.append(f"the fine-tuned candidate exports its best epoch by val top-1 (the preset's rule), "
@@ -307,7 +308,7 @@ def fit_auto(
 
 
 def _finetune(spark: SparkSession, config: Any, train: DataFrame, val: DataFrame, work: str,
-              settings: TransferSettings, train_src: str, provenance: dict[str, Any]) -> tuple[dict, str, dict]:
+              settings: TransferSettings, name: str, provenance: dict[str, Any]) -> tuple[dict, str, dict]:
     """Train the fine-tune preset on the same rows and score its model directory on the same val images."""
     from sparkvision.inference.predict import load_model
     from sparkvision.io import write_dataset
@@ -325,7 +326,7 @@ def _finetune(spark: SparkSession, config: Any, train: DataFrame, val: DataFrame
              FINETUNE_PRESET, config.epochs)
     started = time.perf_counter()
     result = train_fit(spark, config, train=parts["train"], val=parts["val"], out=model_dir,
-                       name=f"{arch} fine-tuned", overwrite=True)
+                       name=name, overwrite=True)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     loaded = load_model(model_dir, tta=settings.tta)
