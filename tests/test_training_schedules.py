@@ -120,3 +120,27 @@ def test_config_round_trips_and_rejects_uneven_batches():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="multiple of the workers"):
         TrainConfig(batch_size=127, scaling=cfg.scaling.__class__(workers=2))
+
+
+def test_the_finetune_preset_round_trips_through_its_flags_and_every_stage_can_be_unfrozen():
+    from sparkvision.cli.main import build_parser
+    from sparkvision.cli.train import config_from_args, flag_overrides, recipe_flags
+    from sparkvision.config.training import PRESETS
+
+    parser = build_parser()
+
+    def args(*flags: str):
+        return parser.parse_args(["train", "--train", "x", "--out", "y", *flags])
+
+    finetune = config_from_args(args("--preset", "finetune"))
+    assert finetune == preset("finetune")
+    assert (finetune.model.arch, finetune.model.pretrained, finetune.monitor) == ("efficientnet_lite0", True, "val_top1")
+    # The preset spelled out as flags gives the same configuration over the generic defaults.
+    given = flag_overrides(args(*shlex.split(recipe_flags(PRESETS["finetune"]))))
+    assert apply_overrides(TrainConfig(), given) == finetune
+    # "all" unfreezes every stage (the config's None), and writes back as "all".
+    every = config_from_args(args("--preset", "finetune", "--unfreeze-stages", "all", "--head-epochs", "1"))
+    assert every.model.unfreeze_stages is None and every.model.head_epochs == 1
+    assert "--unfreeze-stages all" in recipe_flags({"model": {"unfreeze_stages": None}})
+    with pytest.raises(SystemExit):
+        args("--unfreeze-stages", "most")
