@@ -1,4 +1,6 @@
-"""What ``--backbone NAME|path/to/model.onnx`` means: a registered model, or the user's ONNX file registered now.
+"""What ``--backbone NAME|path/to/model.onnx|hf:DIR_OR_ID`` means: a registered model, or the user's
+ONNX file registered now, or a Hugging Face model exported to ONNX and registered now
+(:mod:`sparkvision.models.huggingface`).
 
 A user's ONNX file declares how images become its input, in a sidecar JSON next to it
 (``model.onnx`` -> ``model.json``) or through arguments, which win over the sidecar::
@@ -29,6 +31,7 @@ from sparkvision.models import get_spec
 from sparkvision.models.registry import ModelSpec, register_onnx_model
 
 ONNX_PREFIX = "onnx:"
+HF_PREFIX = "hf:"
 _PREPROCESS_KEYS = ("resize_mode", "interpolation", "channels", "crop_pct", "pad_value")
 
 
@@ -41,23 +44,41 @@ def is_onnx_file(backbone: str) -> bool:
     return backbone.lower().endswith(".onnx")
 
 
+def is_hf_backbone(backbone: str) -> bool:
+    """Whether ``--backbone`` names a Hugging Face model (``hf:DIR_OR_ID``) rather than a registered one."""
+    return backbone.startswith(HF_PREFIX)
+
+
 def sidecar_path(onnx_file: str | Path) -> Path:
     return Path(onnx_file).with_suffix(".json")
 
 
 def resolve_backbone(backbone: str, size: tuple[int, int] | None = None, norm: str | None = None) -> str:
-    """The registered name for ``backbone``: a model name as it is, a ``.onnx`` path registered first.
+    """The registered name for ``backbone``: a model name as it is, a ``.onnx`` path or an
+    ``hf:DIR_OR_ID`` registered first.
 
     ``size`` and ``norm`` declare an ONNX file's preprocessing (over its sidecar's); a
-    registered model has its own, so giving them with a name is an error.
+    registered model (and a Hugging Face one) has its own, so giving them with it is an error.
     """
     if is_onnx_file(backbone):
         return register_onnx_file(backbone, size=size, norm=norm).name
     if size is not None or norm is not None:
         raise ValueError("--backbone-size and --backbone-norm declare an ONNX file's preprocessing; "
                          f"{backbone!r} is a registered model with its own")
+    if is_hf_backbone(backbone) and not _registered(backbone):
+        from sparkvision.models.huggingface import register_hf_model
+
+        return register_hf_model(backbone).name
     get_spec(backbone)  # an unknown name fails here, listing the known ones
     return backbone
+
+
+def _registered(name: str) -> bool:
+    try:
+        get_spec(name)
+    except KeyError:
+        return False
+    return True
 
 
 def register_onnx_file(path: str | Path, size: tuple[int, int] | None = None, norm: str | None = None) -> ModelSpec:
