@@ -19,13 +19,17 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_backbone_options(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    """``--backbone NAME|FILE.onnx`` (``--model-name`` is its old name) and an ONNX file's preprocessing."""
+    """``--backbone NAME|FILE.onnx|hf:DIR_OR_ID`` (``--model-name`` is its old name) and an ONNX file's preprocessing."""
     from sparkvision.config import NORMALIZATION_PRESETS
 
     group = parser.add_argument_group("backbone")
-    group.add_argument("--backbone", "--model-name", dest="backbone", default=default, metavar="NAME|FILE.onnx",
-                       help="a registered model ('sparkvision models' lists them) or your own ONNX file (its "
-                       f"preprocessing declared by a sidecar FILE.json or the two options below): {what}"
+    group.add_argument("--backbone", "--model-name", dest="backbone", default=default,
+                       metavar="NAME|FILE.onnx|hf:DIR_OR_ID",
+                       help="a registered model ('sparkvision models' lists them), your own ONNX file (its "
+                       "preprocessing declared by a sidecar FILE.json or the two options below), or hf:DIR_OR_ID, a "
+                       "Hugging Face transformers vision model (a save_pretrained directory or a hub id in the HF "
+                       "cache; exported to ONNX once, with its processor's preprocessing; needs "
+                       f"pip install 'sparkvision[hf]'): {what}"
                        + (f" (default {default})" if default else ""))
     group.add_argument("--backbone-size", type=_size, default=None, metavar="SIZE",
                        help="an ONNX backbone's input size, e.g. 224 or 240x320 (default: its sidecar's, else "
@@ -35,9 +39,15 @@ def add_backbone_options(parser: argparse.ArgumentParser, default: str | None, w
                        "or unit (x/255) (default: its sidecar's)")
 
 
-def backbone_from_args(args: argparse.Namespace) -> str | None:
-    """The registered name of ``--backbone`` (an ONNX file is registered now), or None when not given."""
-    from sparkvision.models.backbone import UndeclaredPreprocessing, is_onnx_file, resolve_backbone
+def backbone_from_args(args: argparse.Namespace, needs_labels: bool = False) -> str | None:
+    """The registered name of ``--backbone`` (an ONNX file or a Hugging Face model is registered now),
+    or None when not given. ``needs_labels``: a backbone that names no classes is a usage error."""
+    from sparkvision.models.backbone import (
+        UndeclaredPreprocessing,
+        is_hf_backbone,
+        is_onnx_file,
+        resolve_backbone,
+    )
 
     declared = args.backbone_size is not None or args.backbone_norm is not None
     if declared and (args.backbone is None or not is_onnx_file(args.backbone)):
@@ -45,12 +55,28 @@ def backbone_from_args(args: argparse.Namespace) -> str | None:
                          "a registered model has its own")
     if args.backbone is None:
         return None
+    from sparkvision.models.huggingface import HFBackboneError
+
     try:
-        return resolve_backbone(args.backbone, size=args.backbone_size, norm=args.backbone_norm)
+        name = resolve_backbone(args.backbone, size=args.backbone_size, norm=args.backbone_norm)
     except KeyError as exc:  # an unknown name: the registry's message lists the known ones
         raise UsageError(exc.args[0]) from None
-    except UndeclaredPreprocessing as exc:
+    except (UndeclaredPreprocessing, HFBackboneError) as exc:
         raise UsageError(str(exc)) from None
+    if needs_labels and not _labels_of(name):
+        if is_hf_backbone(args.backbone):
+            raise UsageError(f"{args.backbone} has no image-classification head (a ...ForImageClassification with "
+                             "id2label): classify needs a model with one; 'sparkvision fit --backbone "
+                             f"{args.backbone}' trains a classifier on its features")
+        raise UsageError(f"{args.backbone} names no classes: classify needs a model with labels (an ONNX file "
+                         "declares them as 'labels' in its sidecar)")
+    return name
+
+
+def _labels_of(name: str) -> tuple[str, ...] | None:
+    from sparkvision.models import get_spec
+
+    return get_spec(name).labels
 
 
 def _models(args: argparse.Namespace) -> int:

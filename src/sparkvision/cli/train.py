@@ -17,7 +17,7 @@ from sparkvision.config.training import (
     defaults_for,
     preset,
 )
-from sparkvision.models.backbone import is_onnx_file
+from sparkvision.models.backbone import is_hf_backbone, is_onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ class _RegisteredModels:
     def __contains__(self, name: object) -> bool:
         from sparkvision.models import list_models
 
-        # An ONNX file passes here so that _train can say why it cannot be trained.
-        return name in list_models() or (isinstance(name, str) and is_onnx_file(name))
+        # An ONNX file or a Hugging Face model passes here so that _train can say why it cannot be trained.
+        return name in list_models() or (isinstance(name, str) and (is_onnx_file(name) or is_hf_backbone(name)))
 
     def __iter__(self):
         from sparkvision.models import list_models
@@ -152,6 +152,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.arch is not None and is_onnx_file(args.arch):
         raise UsageError(f"{args.arch} is an ONNX graph: train fine-tunes a registered torch model (see 'sparkvision "
                          "models'); use an ONNX backbone's frozen features with 'sparkvision fit --backbone'")
+    if args.arch is not None and is_hf_backbone(args.arch):
+        raise UsageError(f"train fine-tunes registered torch models only; use {args.arch}'s frozen features with "
+                         f"'sparkvision fit --backbone {args.arch}'")
     config = config_from_args(args)
     if args.val is None and config.data.val_fraction == 0:
         log.warning("no validation data (--val or --val-fraction): no early stopping, the last epoch is exported")

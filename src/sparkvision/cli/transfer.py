@@ -192,7 +192,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace) -> int:
     from sparkvision.ml.predictor import ImagePredictor
 
-    backbone = backbone_from_args(args)
+    backbone = backbone_from_args(args, needs_labels=True)
     spark = spark_from_args(args)
     frame = read_source(spark, args, args.input, probe="header")
     if not args.out:
