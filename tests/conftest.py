@@ -46,6 +46,17 @@ def run_main(*args: object) -> tuple[int, str]:
     return code, stdout.getvalue()
 
 
+def assert_usage_errors(caplog, cases: list[tuple[list[object], str]]) -> None:
+    """Each ``(args, words)``: ``sparkvision ARGS`` exits with the usage code, prints nothing, and logs ``words``."""
+    from sparkvision.cli.common import ExitCode
+
+    for args, words in cases:
+        caplog.clear()
+        code, printed = run_main(*args)
+        assert code == ExitCode.USAGE and printed == "", args
+        assert words in caplog.text, (args, caplog.text[-2000:])
+
+
 @pytest.fixture
 def cli(spark):
     """The command in this process: ``cli("predict", ...)`` gives (exit code, stdout); its logs reach caplog."""

@@ -11,11 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_main
+from conftest import assert_usage_errors, run_main
 from torch import nn
 from transfer_cases import IMAGENET_NAMES, photo_folder
 
-from sparkvision.cli.common import ExitCode
 from sparkvision.models import get_spec, list_models, registry
 from sparkvision.models.backbone import UndeclaredPreprocessing, register_onnx_file
 from sparkvision.models.efficientnet import VARIANTS
@@ -194,8 +193,4 @@ def test_backbone_misuse_is_a_usage_error_before_spark_starts(tmp_path, caplog):
         (["classify", "--input", tmp_path, "--backbone-size", "224"], "declare the preprocessing of"),
         (["train", "--train", tmp_path, "--out", tmp_path / "m", "--backbone", onnx_file], "is an ONNX graph"),
     ]
-    for args, words in cases:
-        caplog.clear()
-        code, printed = run_main(*args)
-        assert code == ExitCode.USAGE and printed == "", args
-        assert words in caplog.text, (args, caplog.text[-2000:])
+    assert_usage_errors(caplog, cases)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
-from conftest import run_main
+from conftest import assert_usage_errors, run_main
 from PIL import Image
 from transfer_cases import photo_folder
 
@@ -328,8 +328,4 @@ def test_hf_misuse_is_a_usage_error_before_spark_starts(tmp_path, caplog):
         (["fit", "--train", tmp_path, "--out", tmp_path / "m", "--backbone", f"hf:{tmp_path / 'nowhere'}"],
          "no such directory"),
     ]
-    for args, words in cases:
-        caplog.clear()
-        code, printed = run_main(*args)
-        assert code == ExitCode.USAGE and printed == "", args
-        assert words in caplog.text, (args, caplog.text[-2000:])
+    assert_usage_errors(caplog, cases)

@@ -10,11 +10,10 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_main
+from conftest import assert_usage_errors, run_main
 from sklearn.metrics import accuracy_score
 from transfer_cases import photo_folder
 
-from sparkvision.cli.common import ExitCode
 from sparkvision.models import get_spec, list_models
 from sparkvision.models.model_dir import load_card
 
@@ -96,8 +95,4 @@ def test_fit_auto_misuse_is_a_usage_error_before_spark_starts(tmp_path, caplog):
         (["fit", "--auto", "--train", tmp_path, "--out", tmp_path / "m", "--backbone", "efficientnet_lite0,nope"],
          "unknown model 'nope'"),
     ]
-    for args, words in cases:
-        caplog.clear()
-        code, printed = run_main(*args)
-        assert code == ExitCode.USAGE and printed == "", args
-        assert words in caplog.text, (args, caplog.text[-2000:])
+    assert_usage_errors(caplog, cases)
