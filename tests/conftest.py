@@ -58,6 +58,18 @@ def assert_usage_errors(caplog, cases: list[tuple[list[object], str]]) -> None:
 
 
 @pytest.fixture
+def private_registry(monkeypatch):
+    """The model registry as a copy that this test may change; sparkvision's own families are
+    imported first, so a family first imported inside the test is not lost from the real one."""
+    from sparkvision import models
+    from sparkvision.models import registry
+
+    models.load_families()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    return registry
+
+
+@pytest.fixture
 def cli(spark):
     """The command in this process: ``cli("predict", ...)`` gives (exit code, stdout); its logs reach caplog."""
     return run_main

@@ -138,12 +138,11 @@ class _TinyNet(nn.Module):
         return self.fc(f)
 
 
-def test_a_user_onnx_backbone_through_fit_and_predict(imagenette, tmp_path, cli, monkeypatch):
+def test_a_user_onnx_backbone_through_fit_and_predict(imagenette, tmp_path, cli, private_registry):
     onnx_file = export_onnx(_TinyNet(), tmp_path / "user" / "tiny.onnx", (3, 32, 32), with_features=True)
     classes = ["golf_ball", "parachute"]
     train = photo_folder(imagenette, "train", tmp_path / "train", classes, per_class=6)
     model = tmp_path / "model"
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the registration stays in this test
     code, printed = cli("fit", "--train", train, "--val-fraction", "0.34", "--backbone", onnx_file,
                         "--backbone-size", "32", "--backbone-norm", "imagenet", "--out", model)
     assert code == 0

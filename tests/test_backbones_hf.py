@@ -39,10 +39,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(autouse=True)
-def _own_cache_and_registry(tmp_path, monkeypatch):
+def _own_cache_and_registry(tmp_path, monkeypatch, private_registry):
     """Each test exports into its own cache, and its registrations stay in the test."""
     monkeypatch.setenv("SPARKVISION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
 def _vit(directory: Path, seed: int = 0, head: bool = True) -> Path:

@@ -100,11 +100,10 @@ def test_fit_refuses_an_unknown_network_or_monitor_before_spark(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_cli_arch_choices_come_from_the_registry(monkeypatch):
+def test_cli_arch_choices_come_from_the_registry(private_registry):
     from sparkvision.cli.main import build_parser
     from sparkvision.models import registry
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     registry.register("tiny_test_net", settings.PreprocessConfig(), num_classes=2)(lambda **kwargs: None)
     parser = build_parser()
     args = parser.parse_args(["train", "--arch", "tiny_test_net", "--train", "x", "--out", "y"])

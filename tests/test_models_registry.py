@@ -62,6 +62,7 @@ def broken_family(tmp_path, monkeypatch):
         import sparkvision_missing_dependency  # noqa: E402, F401
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
+    models.load_families()  # sparkvision's own families first, so the copy below holds them
     monkeypatch.setattr(models, "FAMILIES", (*models.FAMILIES, "sparkvision_broken_family"))
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     yield tmp_path
@@ -84,8 +85,6 @@ def test_a_family_that_fails_to_import_raises_its_own_error_on_every_lookup(brok
     assert models.create_model("broken_net").out_features == 2
 
 
-def test_another_builder_under_a_taken_name_is_refused(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    models.load_families()
+def test_another_builder_under_a_taken_name_is_refused(private_registry):
     with pytest.raises(ValueError, match="a model named 'lenet5' is already registered"):
         registry.register("lenet5", PreprocessConfig(), num_classes=2)(lambda pretrained=False, num_classes=2: None)
