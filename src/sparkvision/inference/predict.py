@@ -46,6 +46,7 @@ from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, St
 
 from sparkvision import storage
 from sparkvision.detection.postprocess import DecodeSettings
+from sparkvision.io.image_source import as_model_frame
 from sparkvision.io.schema import ERROR, LABEL, PATH
 from sparkvision.models.model_dir import ModelCard, load_card
 from sparkvision.progress import spark_progress
@@ -102,10 +103,12 @@ class LoadedModel:
         return _detections_schema() if self.is_detector else PREDICTIONS_SCHEMA
 
     def transform(self, frame: DataFrame) -> DataFrame:
-        return self.transformer.transform(frame)
+        """The model's columns added; a frame of ``spark.read.format("image")`` is read through its struct."""
+        return self.transformer.transform(as_model_frame(frame))
 
     def predictions(self, frame: DataFrame) -> DataFrame:
         """Only the contract's columns (``label`` null when ``frame`` has none)."""
+        frame = as_model_frame(frame)
         if LABEL not in frame.columns:
             frame = frame.withColumn(LABEL, F.lit(None).cast(StringType()))
         out = self.transform(frame)
@@ -209,6 +212,7 @@ def predict(
     renamed into place; an existing ``out`` is refused unless ``overwrite``.
     """
     model = load_model(model_dir, batch_size, detection, tta)
+    frame = as_model_frame(frame)  # Spark's image source: path from each image's origin
     predictions = model.predictions(frame)
     with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "predict"):

@@ -18,7 +18,9 @@ import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sparkvision.config import DecodeSettings
@@ -217,8 +219,76 @@ def displayed_size(img: Image.Image, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
 
 
+class OcvImage(NamedTuple):
+    """Pixels another decoder already produced, as Spark's ``image`` source stores them.
+
+    The fields of ``pyspark.ml.image.ImageSchema`` less ``origin``: ``data`` is the
+    row-major bytes in OpenCV's channel order (BGR, BGRA or grey) and ``mode`` an
+    OpenCV type code (:data:`OCV_MODES`). :func:`decode_image` takes one wherever it
+    takes encoded bytes, so such pixels go through the same preprocessing.
+    """
+
+    height: int
+    width: int
+    n_channels: int
+    mode: int
+    data: bytes
+
+
+#: The 8-bit OpenCV types Spark's image source writes (``ImageSchema.ocvTypes``):
+#: type code -> (channels, its name). They become Pillow's ``L``, ``RGB`` and ``RGBA``.
+OCV_MODES = {0: (1, "CV_8UC1"), 16: (3, "CV_8UC3"), 24: (4, "CV_8UC4")}
+#: ``ImageSchema.undefinedImageType``: what Spark writes for a file its decoder refused.
+OCV_UNDEFINED = -1
+
+
+def ocv_to_image(
+    height: int, width: int, n_channels: int, mode: int, data: bytes | None, settings: DecodeSettings | None = None
+) -> Image.Image:
+    """An :class:`OcvImage`'s fields as a Pillow image: grey as ``L``, BGR as ``RGB``, BGRA as ``RGBA``.
+
+    BGRA keeps its alpha (Spark's source stores it unpremultiplied), so the mode rules of
+    :mod:`sparkvision.preprocess.color` composite it exactly as they do a decoded RGBA
+    file. Raises :class:`ImageError`: ``corrupt`` for a row Spark's decoder refused
+    (``mode`` -1) or whose sizes and data disagree, ``truncated`` for data shorter
+    than ``height * width * nChannels``, ``unsupported`` for a type other than 8-bit
+    1, 3 or 4 channels.
+    """
+    settings = settings or DecodeSettings()
+    fields = {"height": height, "width": width, "nChannels": n_channels, "mode": mode}
+    missing = [name for name, value in fields.items() if value is None]
+    if missing:
+        raise ImageError(ErrorKind.CORRUPT, f"the image row has no {', '.join(missing)}")
+    if mode == OCV_UNDEFINED:
+        raise ImageError(ErrorKind.CORRUPT, "Spark's image source could not decode this file (mode -1, undefined)")
+    if mode not in OCV_MODES:
+        known = ", ".join(f"{code} ({name})" for code, (_, name) in OCV_MODES.items())
+        raise ImageError(ErrorKind.UNSUPPORTED, f"OpenCV type {mode} is not one sparkvision reads; expected {known}")
+    channels, name = OCV_MODES[mode]
+    if n_channels != channels:
+        raise ImageError(ErrorKind.CORRUPT, f"nChannels is {n_channels} but type {mode} ({name}) has {channels}")
+    if height <= 0 or width <= 0:
+        raise ImageError(ErrorKind.CORRUPT, f"invalid dimensions {width}x{height}")
+    if width * height > settings.max_pixels:
+        raise ImageError(
+            ErrorKind.TOO_MANY_PIXELS,
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {settings.max_pixels:,}",
+        )
+    if data is None:
+        raise ImageError(ErrorKind.UNREADABLE, "the image row holds no data")
+    expected = height * width * channels
+    if len(data) != expected:
+        kind = ErrorKind.TRUNCATED if len(data) < expected else ErrorKind.CORRUPT
+        raise ImageError(kind, f"{len(data):,} bytes of data, but {width}x{height}x{channels} needs {expected:,}")
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    if channels == 1:
+        return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0]))  # uint8 (H, W): L
+    order = [2, 1, 0, 3][:channels]  # BGR(A) -> RGB(A)
+    return Image.fromarray(np.ascontiguousarray(pixels[:, :, order]))  # uint8 (H, W, 3 or 4): RGB or RGBA
+
+
 def decode_image(
-    data: bytes | None,
+    data: bytes | OcvImage | None,
     settings: DecodeSettings | None = None,
     draft: Callable[[int, int], tuple[str, tuple[int, int]]] | None = None,
 ) -> Image.Image:
@@ -226,9 +296,12 @@ def decode_image(
 
     ``draft(width, height)`` gets the displayed size and returns (mode, (width, height)):
     JPEGs then decode at the smallest DCT scale no smaller than that size. Other
-    formats ignore it.
+    formats ignore it. Pixels already decoded (an :class:`OcvImage`) are only converted
+    (:func:`ocv_to_image`); they carry no EXIF orientation and need no draft.
     """
     settings = settings or DecodeSettings()
+    if isinstance(data, OcvImage):
+        return ocv_to_image(*data, settings=settings)
     img = _open(data)
     _check_pixels(img, settings.max_pixels)
     if img.format != "JPEG":

@@ -1,5 +1,6 @@
 """``SRC`` as every command takes it: a built-in name, a sparkvision dataset, a folder/URI of images,
-or a box-labelled set (a Pascal VOC folder or image-set list, a COCO ``.json``)."""
+or a box-labelled set (a Pascal VOC folder or image-set list, a COCO ``.json``); in Python also a
+DataFrame read by Spark's own ``image`` source."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def resolve_kind(spark: SparkSession, src: str) -> str:
 
 def load_images(
     spark: SparkSession,
-    src: str,
+    src: str | DataFrame,
     kind: SourceKind = "auto",
     ingest: IngestSettings | None = None,
     decode: DecodeSettings | None = None,
@@ -52,7 +53,17 @@ def load_images(
     decode errors to the model step that decodes anyway (featurize, predict).
     ``classes`` (the allowed object classes) and ``images`` (where a COCO file's images
     are) apply to box-labelled sources only.
+
+    ``src`` may also be a DataFrame read by ``spark.read.format("image")``: its rows
+    become IMAGE_SCHEMA rows, their pixels stored as PNG (see
+    :func:`sparkvision.io.image_source.read_image_frame`; a ``label`` column is kept).
     """
+    if isinstance(src, DataFrame):
+        if kind != "auto" or classes is not None or images is not None or glob is not None:
+            raise ValueError("a DataFrame from Spark's image source takes no kind, glob, classes or images")
+        from sparkvision.io.image_source import read_image_frame
+
+        return read_image_frame(src, decode)
     kind = resolve_kind(spark, src) if kind == "auto" else kind
     if kind not in ("voc", "coco") and (classes is not None or images is not None):
         raise ValueError(f"classes and images apply to VOC and COCO sources; {src!r} is read as {kind!r}")

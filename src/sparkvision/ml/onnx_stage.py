@@ -7,7 +7,8 @@
   runs them through a :mod:`sparkvision.models.runner` runner, whose ONNX Runtime
   session is built once per model per worker and reused by every later batch and task.
 * :func:`run_model` adds the model's outputs to a DataFrame through one Arrow-batched
-  scalar-iterator pandas UDF that sees only the image bytes: the other columns never
+  scalar-iterator pandas UDF that sees only the image bytes (or the pixels of Spark's
+  ``image`` source, :mod:`sparkvision.io.image_source`): the other columns never
   leave the JVM. Each row gets either outputs or an ``error``; nothing is dropped, and
   an error already on the row is kept (its bytes are not even decoded).
 """
@@ -39,6 +40,7 @@ from pyspark.sql.types import (
 )
 
 from sparkvision.config import PreprocessConfig
+from sparkvision.io.image_source import is_image_struct, model_inputs, struct_pixels
 from sparkvision.models.runner import ClassifierRunner, ModelSource
 
 log = logging.getLogger(__name__)
@@ -153,12 +155,12 @@ def _result_type(mapper: OutputMapper) -> StructType:
 
 
 def make_udf(bc: Broadcast, spec: KernelSpec, counter: Accumulator | None) -> Callable[[Column], Column]:
-    """The scalar-iterator pandas UDF: bytes in, a struct of result columns and ``error`` out."""
+    """The scalar-iterator pandas UDF: bytes (or image structs) in, a struct of result columns and ``error`` out."""
 
     def run(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         runner = spec.runner(lambda: bc.value)  # its session is built on first use, the broadcast read then
         for contents in batches:
-            columns = spec.mapper(runner, contents.tolist())
+            columns = spec.mapper(runner, model_inputs(contents))
             if counter is not None:
                 counter.add(len(contents))
             yield pd.DataFrame(columns)
@@ -190,8 +192,10 @@ def run_model(
     if input_col not in frame.columns:
         raise ValueError(f"input column {input_col!r} not found; the DataFrame has {frame.columns}")
     input_type: DataType = frame.schema[input_col].dataType
-    if input_type.typeName() != "binary":
-        raise ValueError(f"input column {input_col!r} must hold encoded image bytes (binary), not {input_type}")
+    image_struct = is_image_struct(input_type)
+    if input_type.typeName() != "binary" and not image_struct:
+        raise ValueError(f"input column {input_col!r} must hold encoded image bytes (binary) or Spark's image struct "
+                         f"(spark.read.format('image')), not {input_type}")
     wanted = {name: conv for field_name, (name, conv) in columns.items() if name}
     clashes = [name for name in wanted if name in frame.columns and name != error_col]
     if clashes:
@@ -203,7 +207,8 @@ def run_model(
                       batch_size, threads, mapper, tta)
     udf = make_udf(bc, spec, counter)
     has_error = error_col in frame.columns
-    content = F.when(F.col(error_col).isNull(), F.col(input_col)) if has_error else F.col(input_col)
+    image = struct_pixels(F.col(input_col)) if image_struct else F.col(input_col)
+    content = F.when(F.col(error_col).isNull(), image) if has_error else image
     tmp = f"__sparkvision_{uuid.uuid4().hex[:8]}"
     staged = frame.withColumn(tmp, udf(content))
     result = F.col(f"{tmp}.error")

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 import numpy as np
 
 from sparkvision.config import DecodeSettings, PreprocessConfig
+from sparkvision.io.decode import OcvImage
 from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.models.runtime import OnnxModel, cached_model
 
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Images = Sequence[bytes | bytearray | None]
+#: Encoded images, or pixels Spark's ``image`` source decoded (:class:`~sparkvision.io.decode.OcvImage`).
+Images = Sequence[bytes | bytearray | OcvImage | None]
 
 
 # ---------------------------------------------------------------- what a model is

@@ -1,4 +1,5 @@
-"""Encoded bytes in, a model-ready float32 NCHW batch out, errors kept per row.
+"""Encoded bytes (or already-decoded :class:`~sparkvision.io.decode.OcvImage` pixels) in,
+a model-ready float32 NCHW batch out, errors kept per row.
 
 This is the one path from pixels to tensors: Spark featurization, training, tiling
 and the HTTP service all call :class:`ImagePreprocessor` with the model's own
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparkvision.config import DecodeSettings, PreprocessConfig
-from sparkvision.io.decode import decode_image
+from sparkvision.io.decode import OcvImage, decode_image
 from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.preprocess.color import to_model_mode
 from sparkvision.preprocess.transforms import Normalizer, resize_image, scaled_size, to_array
@@ -47,11 +48,11 @@ class ImagePreprocessor:
     def _draft(self, width: int, height: int) -> tuple[str, tuple[int, int]]:
         return self._mode, scaled_size(width, height, self.config)
 
-    def load(self, data: bytes | None) -> np.ndarray:
+    def load(self, data: bytes | OcvImage | None) -> np.ndarray:
         """One image as uint8 (H, W, C) at the model's size. Raises ImageError, and only that."""
         return self.load_sized(data)[0]
 
-    def load_sized(self, data: bytes | None) -> tuple[np.ndarray, tuple[int, int]]:
+    def load_sized(self, data: bytes | OcvImage | None) -> tuple[np.ndarray, tuple[int, int]]:
         """:meth:`load` and the image's displayed (width, height) before any resizing.
 
         Geometry (letterbox placement) is computed from that full size, not from a JPEG
@@ -75,12 +76,12 @@ class ImagePreprocessor:
         except Exception as exc:  # noqa: BLE001 - one odd file must not fail a whole batch or Spark task
             raise ImageError(ErrorKind.CORRUPT, f"decoding failed ({type(exc).__name__}: {exc})") from None
 
-    def load_uint8(self, contents: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    def load_uint8(self, contents: Sequence[bytes | OcvImage | None]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """uint8 NHWC batch of the rows that decoded, their positions, and per-row errors."""
         return self.load_uint8_sized(contents)[:3]
 
     def load_uint8_sized(
-        self, contents: Sequence[bytes | None]
+        self, contents: Sequence[bytes | OcvImage | None]
     ) -> tuple[np.ndarray, np.ndarray, list[str | None], np.ndarray]:
         """:meth:`load_uint8` plus each decoded image's displayed (width, height)."""
         height, width = self.config.size
@@ -99,6 +100,6 @@ class ImagePreprocessor:
         return (out[: len(ok)], np.asarray(ok, dtype=np.int64), errors,
                 np.asarray(sizes, dtype=np.int64).reshape(-1, 2))
 
-    def __call__(self, contents: Sequence[bytes | None]) -> PreprocessedBatch:
+    def __call__(self, contents: Sequence[bytes | OcvImage | None]) -> PreprocessedBatch:
         pixels, index, errors, sizes = self.load_uint8_sized(contents)
         return PreprocessedBatch(self.normalize(pixels), index, errors, sizes)
