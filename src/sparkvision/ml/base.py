@@ -98,7 +98,8 @@ class HasEmbedModel(Params):
 class OnnxImageTransformer(
     Transformer, HasInputCol, HasBatchSize, HasErrorCol, HasEmbedModel, DefaultParamsReadable, DefaultParamsWritable
 ):
-    """Base of the stages that run an ONNX model on an image-bytes column.
+    """Base of the stages that run an ONNX model on an image column: encoded bytes, or the ``image``
+    struct of ``spark.read.format("image")`` (:mod:`sparkvision.io.image_source`).
 
     Subclasses implement ``_resolve_source()`` (where the model comes from when nothing
     is embedded) and ``_must_embed()``; they read the model through ``model_source()``.
