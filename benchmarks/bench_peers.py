@@ -21,7 +21,6 @@ per-core figures (decode alone, the model alone on 1 thread) feed the cost model
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -33,6 +32,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import Result, table  # noqa: E402
+
+from sparkvision.inference.plan import resources_for  # noqa: E402
 
 TITLE = "Featurization vs peers (ONNX Runtime ceiling, Ray Data, plain PyTorch) and a cost model for 10M images"
 
@@ -81,10 +82,9 @@ def cost_model(r: dict, cores: int, avg_bytes: float) -> tuple[str, dict]:
     other_s = max(0.0, total_s - decode_s - model_s)
     core_hours = TARGET_IMAGES / per_core / 3600
     rows = []
-    for hours in (24, 8, 1):
-        need = math.ceil(TARGET_IMAGES / (per_core * hours * 3600))
-        rows.append([f"finish in {hours} h", need, math.ceil(need / 16),
-                     need * per_core * avg_bytes / 1e6, need * per_core * FEATURE_BYTES / 1e6])
+    for hours in (24, 8, 1):  # the sizing rule of `sparkvision plan`
+        need = resources_for(TARGET_IMAGES, hours, per_core, 16, avg_bytes, FEATURE_BYTES)
+        rows.append([f"finish in {hours} h", need["cores"], need["nodes"], need["read_mb_s"], need["write_mb_s"]])
     # Storage read rate at which reading, not computing, sets the pace (per 1 GB/s of read bandwidth).
     cores_per_gbs = 1e9 / (per_core * avg_bytes)
     figures = {

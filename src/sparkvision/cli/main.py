@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "sparkvision.cli.evaluate",
     "sparkvision.cli.tiling",
     "sparkvision.cli.deploy",
+    "sparkvision.cli.plan",
 ]
 
 log = logging.getLogger("sparkvision")

@@ -311,6 +311,33 @@ class FeaturizeSettings(Validated):
     batch_size: int = 16
 
 
+@dataclass(frozen=True)
+class PlanSettings(Validated):
+    """``sparkvision plan``: how much it measures, and what the cluster it sizes looks like."""
+
+    #: Images read from the source (or made, without one) and measured.
+    sample: int = 64
+    #: The second warm run predicts the sample this many times over: the difference between
+    #: the two runs is the cost of more images, free of a job's fixed cost.
+    scale: int = 4
+    #: Each warm run is repeated and the fastest kept, as a benchmark would.
+    repeats: int = 2
+    cores_per_node: int = 16
+    #: Read bandwidth of the storage the images come from, in GB/s, to say when it limits.
+    read_gb_s: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("sample", "scale", "repeats", "cores_per_node"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PlanSettings.{name} must be at least 1, got {getattr(self, name)}")
+        if self.scale < 2:
+            raise ValueError(f"PlanSettings.scale must be at least 2, got {self.scale}")
+        if self.read_gb_s <= 0:
+            raise ValueError(f"PlanSettings.read_gb_s must be positive, got {self.read_gb_s}")
+
+
 ClassifierName = Literal["logreg", "rf", "gbt", "mlp"]
 
 
