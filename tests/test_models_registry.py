@@ -33,7 +33,7 @@ def test_the_registry_and_model_directories_import_no_family_and_no_torch():
 
 def test_the_package_lookups_know_every_family():
     assert models.list_models() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "fcos_lite0",
-                                    "lenet5", "lenet5_1998", "smallcnn"]
+                                    "hog", "lenet5", "lenet5_1998", "smallcnn"]
     assert models.list_models(pretrained=True) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
                                                    "fcos_lite0"]
     spec = models.get_spec("smallcnn")

@@ -49,11 +49,27 @@ def _settings(args: argparse.Namespace) -> TransferSettings:
         overrides["model_name"] = backbone
     for flag, name in (("output", "output"), ("seed", "seed"),
                        ("val_fraction", "val_fraction"), ("batch_size", "batch_size"), ("folds", "grid_folds"),
-                       ("tta", "tta")):
+                       ("tta", "tta"), ("pca", "pca")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
-    return replace(TransferSettings(), **overrides)
+    try:
+        settings = replace(TransferSettings(), **overrides)
+        count = _feature_count(settings) if settings.pca is not None else None
+        if count:
+            settings.check_feature_count(count)
+    except ValueError as exc:  # the config's own checks, as one-line usage errors before Spark starts
+        raise UsageError(str(exc)) from None
+    return settings
+
+
+def _feature_count(settings: TransferSettings) -> int | None:
+    """Length of the backbone output the classifier learns from, where its registry entry declares it
+    (fit checks the graph's own again before featurizing)."""
+    from sparkvision.models import get_spec
+
+    spec = get_spec(settings.model_name)
+    return spec.num_classes if settings.output == "logits" and spec.num_classes else spec.num_features
 
 
 def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | None, out: str,
@@ -71,6 +87,7 @@ def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | 
         "labels": model.labels,
         "classifier": settings.classifier,
         "classifier_params": model.classifier_params,
+        "pca": model.provenance.get("pca"),
         "grid": model.grid_results,
         "model_selection": model.provenance.get("model_selection"),
         "validation": metrics_report(model.metrics),
@@ -168,10 +185,18 @@ def _selection_facts(selection: dict[str, Any] | None) -> list[tuple[str, Any]]:
                              f"(CV accuracy {fmt(selection['cv_accuracy'])}; {selection['method']})")]
 
 
+def _pca_facts(pca: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not pca:
+        return []
+    return [("PCA", f"{pca['k']} of {pca['input_features']} dimensions, {pca['explained_variance']:.1%} of the "
+                    "variance")]
+
+
 def _fit_summary(r: dict[str, Any]) -> Summary:
     return Summary(
         f"fitted {r['classifier']} on {r['backbone']} features, {len(r['labels'])} classes: model in {r['model']}",
-        [*_validation_facts(r["validation"]), ("classes", r["labels"]), *_selection_facts(r.get("model_selection"))],
+        [*_validation_facts(r["validation"]), ("classes", r["labels"]), *_pca_facts(r.get("pca")),
+         *_selection_facts(r.get("model_selection"))],
         [f"sparkvision predict --model {r['model']} --input SRC --out PREDICTIONS"],
     )
 
@@ -295,6 +320,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "--out models/imagenette\n"
         "  sparkvision fit --train photos/ --out models/photos --classifier mlp --grid\n"
         "  sparkvision fit --train photos/ --out models/photos --backbone efficientnet_lite2\n"
+        "  sparkvision fit --train photos/ --out models/photos --backbone hog --pca 128\n"
         "  sparkvision fit --train photos/train --val photos/val --out models/photos --auto --finetune\n"
         "  sparkvision fit --train photos/ --out models/photos --backbone my_net.onnx --backbone-size 224 "
         "--backbone-norm imagenet\n"
@@ -323,6 +349,10 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                      help=f"folds of the cross-validation (default {defaults.grid_folds})")
     fit.add_argument("--output", choices=["features", "logits"], default=None,
                      help="backbone output to train on (default: pooled features)")
+    fit.add_argument("--pca", type=int, default=None, metavar="K",
+                     help="reduce the features to their K principal components (an MLlib PCA stage fitted on the "
+                     "training features and saved in the pipeline) before the classifier; K from 1 to the "
+                     "backbone's feature count (default: no PCA)")
     fit.add_argument("--val-fraction", type=float, default=None, metavar="F",
                      help=f"share of each class held out when --val is absent (default {defaults.val_fraction})")
     fit.add_argument("--per-class", type=int, default=None, metavar="N",

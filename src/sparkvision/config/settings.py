@@ -352,6 +352,9 @@ class TransferSettings(Validated):
     #: "flip" averages each image's features with its mirror image's (twice the CNN work).
     tta: Literal["none", "flip"] = "none"
     classifier: ClassifierName = "logreg"
+    #: Principal components the classifier learns from (an MLlib PCA stage fitted on the training
+    #: features, kept in the saved pipeline); None: the backbone's features as they are.
+    pca: int | None = None
     batch_size: int = FeaturizeSettings.batch_size
     seed: int = 42
     #: Share of each class held out for validation when no --val source is given.
@@ -404,6 +407,14 @@ class TransferSettings(Validated):
             raise ValueError(f"logreg_reg_param must be >= 0, got {self.logreg_reg_param!r}")
         if not self.logreg_grid_reg or min(self.logreg_grid_reg) <= 0:
             raise ValueError(f"logreg_grid_reg must hold positive values, got {self.logreg_grid_reg!r}")
+        if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, int) or self.pca < 1):
+            raise ValueError(f"pca (--pca K) must be a positive number of components, got {self.pca!r}")
+
+    def check_feature_count(self, num_features: int) -> None:
+        """``pca`` must be at most the backbone's feature count, known once the backbone is resolved."""
+        if self.pca is not None and self.pca > num_features:
+            raise ValueError(f"pca (--pca K) must be at most the {num_features} {self.output} of {self.model_name}, "
+                             f"got {self.pca}")
 
 
 QuantMethod = Literal["static", "dynamic"]

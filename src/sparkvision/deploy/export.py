@@ -5,7 +5,8 @@ featurizer's ONNX graph as ``Gemm`` (+ ``Sigmoid`` between MLP layers) nodes, so
 graph maps an image tensor straight to class scores: output ``logits`` (N, classes) in
 the model card's label order, whose softmax is the classifier's probability
 (multinomial logistic regression and the multilayer perceptron both end in softmax).
-A StandardScaler between featurizer and classifier is folded into the first layer.
+A StandardScaler or a PCA (``fit --pca K``) between featurizer and classifier is folded into the
+first layer, so the graph's ``features`` are the featurizer's own.
 Tree ensembles (random forest, GBT) are not exported.
 
 ``sparkvision fit`` exports as it saves (:func:`export_pipeline`), so its model
@@ -165,6 +166,24 @@ def fold_scaler(head: Head, scaler: Any) -> Head:
     return Head([Dense(weight, bias, first.activation), *head.layers[1:]], head.classifier)
 
 
+def fold_pca(head: Head, pca: Any) -> Head:
+    """Fold a fitted PCAModel (``z = pc.T @ x``: MLlib projects without centring) into the first layer."""
+    components = _dense(pca.pc)  # (input features, k)
+    first = head.layers[0]
+    return Head([Dense(first.weight @ components.T, first.bias, first.activation), *head.layers[1:]],
+                head.classifier)
+
+
+def fold_stages(head: Head, stages: list[Any]) -> Head:
+    """Fold the StandardScaler and PCA stages between the features and the classifier (in pipeline
+    order) into the head: the last one before the classifier first."""
+    from pyspark.ml.feature import PCAModel
+
+    for stage in reversed(stages):
+        head = fold_pca(head, stage) if isinstance(stage, PCAModel) else fold_scaler(head, stage)
+    return head
+
+
 # ---------------------------------------------------------------- ONNX graph surgery
 
 
@@ -243,17 +262,18 @@ class PipelineParts:
 
 def pipeline_parts(pipeline: Any) -> PipelineParts:
     """Featurizer graph, classifier head and label order of a fitted PipelineModel."""
-    from pyspark.ml.feature import StandardScalerModel
+    from pyspark.ml.feature import PCAModel, StandardScalerModel
 
-    featurizer, head, labels, scaler = None, None, None, None
+    featurizer, head, labels = None, None, None
+    linear: list[Any] = []  # StandardScaler / PCA stages between features and classifier, in pipeline order
     for stage in pipeline.stages:
         name = type(stage).__name__
         if hasattr(stage, "model_source") and hasattr(stage, "getOutput"):
             if featurizer is not None:
                 raise ValueError("the pipeline has two featurizers; only one can be exported")
             featurizer = stage
-        elif isinstance(stage, StandardScalerModel):
-            scaler = stage
+        elif isinstance(stage, StandardScalerModel | PCAModel):
+            linear.append(stage)
         elif name == "StringIndexerModel":
             labels = list(stage.labels)
         elif name in _PASS_THROUGH:
@@ -267,8 +287,7 @@ def pipeline_parts(pipeline: Any) -> PipelineParts:
                                      "stage; serve this model through Spark")
     if featurizer is None or head is None:
         raise ValueError("the pipeline needs an ImageFeaturizer and a classifier to be exported")
-    if scaler is not None:
-        head = fold_scaler(head, scaler)
+    head = fold_stages(head, linear)
     source = featurizer.model_source()
     output = source.output(featurizer.getOutput())
     tta = featurizer.getTta() if featurizer.hasParam("tta") else "none"

@@ -1,11 +1,12 @@
 """Transfer learning: a frozen pretrained backbone's features + an MLlib classifier, as one PipelineModel.
 
-The fitted model is a plain Spark ``PipelineModel`` of six stages::
+The fitted model is a plain Spark ``PipelineModel`` of six stages (seven with ``--pca K``)::
 
     ImageFeaturizer      content -> features (null on a bad row, with its error)
     NullVectorFiller     features -> features_filled (zeros where null: MLlib cannot score nulls)
+    [PCAModel]           features_filled -> features_pca (K principal components; only with settings.pca)
     StringIndexerModel   label -> label_index (alphabetical; unseen/null labels are kept, not fatal)
-    classifier model     features_filled -> raw_prediction, probability_vector, prediction_index
+    classifier model     features_filled (or features_pca) -> raw_prediction, probability_vector, prediction_index
                          (one-vs-rest GBT: rawPrediction margins and prediction_index)
     IndexToString        prediction_index -> predicted_label
     PredictionFormatter  -> prediction (class name), probability (array<double>), both null on error
@@ -40,7 +41,7 @@ from pyspark.ml.classification import (
     RandomForestClassifier,
 )
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-from pyspark.ml.feature import IndexToString, StringIndexer
+from pyspark.ml.feature import PCA, IndexToString, StringIndexer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 # Column names inside the fitted pipeline.
 FEATURES = "features"
 FEATURES_FILLED = "features_filled"
+FEATURES_PCA = "features_pca"
 LABEL_INDEX = "label_index"
 RAW_PREDICTION = "raw_prediction"
 PROBABILITY_VECTOR = "probability_vector"
@@ -161,13 +163,18 @@ class PredictionFormatter(Transformer, HasErrorCol, DefaultParamsReadable, Defau
 # ---------------------------------------------------------------- classifiers
 
 
+def head_input(settings: TransferSettings) -> str:
+    """The column the classifier learns from: the principal components with ``settings.pca``, else the features."""
+    return FEATURES_PCA if settings.pca else FEATURES_FILLED
+
+
 def build_classifier(settings: TransferSettings, num_features: int, num_classes: int) -> Estimator:
     """The MLlib estimator named by ``settings.classifier``, wired to the pipeline's columns.
 
     Logistic regression's ``regParam`` and ``standardization`` left at None in ``settings``
     (chosen by cross-validation in :func:`fit_head`) get MLlib's defaults here.
     """
-    cols = {"featuresCol": FEATURES_FILLED, "labelCol": LABEL_INDEX, "predictionCol": PREDICTION_INDEX}
+    cols = {"featuresCol": head_input(settings), "labelCol": LABEL_INDEX, "predictionCol": PREDICTION_INDEX}
     probabilistic = {**cols, "rawPredictionCol": RAW_PREDICTION, "probabilityCol": PROBABILITY_VECTOR}
     name = settings.classifier
     if name == "logreg":
@@ -182,7 +189,8 @@ def build_classifier(settings: TransferSettings, num_features: int, num_classes:
             numTrees=settings.rf_num_trees, maxDepth=settings.rf_max_depth, seed=settings.seed, **probabilistic,
         )
     if name == "gbt":
-        return OneVsRest(classifier=_gbt(settings.gbt_max_iter, settings.gbt_max_depth, settings.seed), **cols)
+        return OneVsRest(classifier=_gbt(settings.gbt_max_iter, settings.gbt_max_depth, settings.seed,
+                                         head_input(settings)), **cols)
     if name == "mlp":
         return MultilayerPerceptronClassifier(
             layers=[num_features, *settings.mlp_hidden, num_classes], maxIter=settings.mlp_max_iter,
@@ -191,8 +199,8 @@ def build_classifier(settings: TransferSettings, num_features: int, num_classes:
     raise ValueError(f"unknown classifier {name!r}; choose one of {CLASSIFIERS}")
 
 
-def _gbt(max_iter: int, max_depth: int, seed: int) -> GBTClassifier:
-    return GBTClassifier(maxIter=max_iter, maxDepth=max_depth, seed=seed, featuresCol=FEATURES_FILLED,
+def _gbt(max_iter: int, max_depth: int, seed: int, features_col: str) -> GBTClassifier:
+    return GBTClassifier(maxIter=max_iter, maxDepth=max_depth, seed=seed, featuresCol=features_col,
                          labelCol=LABEL_INDEX)
 
 
@@ -206,7 +214,8 @@ def param_grid(settings: TransferSettings, estimator: Estimator, num_features: i
         grid.addGrid(estimator.maxDepth, list(settings.rf_grid_depth))
     elif name == "gbt":
         grid.addGrid(estimator.classifier, [
-            _gbt(i, d, settings.seed) for i in settings.gbt_grid_iter for d in settings.gbt_grid_depth
+            _gbt(i, d, settings.seed, head_input(settings)) for i in settings.gbt_grid_iter
+            for d in settings.gbt_grid_depth
         ])
     elif name == "mlp":
         grid.addGrid(estimator.layers, [[num_features, *h, num_classes] for h in settings.mlp_grid_hidden])
@@ -252,14 +261,14 @@ def _selects_logreg(settings: TransferSettings) -> bool:
         settings.grid or settings.logreg_reg_param is None or settings.logreg_standardization is None)
 
 
-def feature_matrix(prepared: DataFrame, max_rows: int, seed: int,
-                   total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def feature_matrix(prepared: DataFrame, max_rows: int, seed: int, total: int | None = None,
+                   features_col: str = FEATURES_FILLED) -> tuple[np.ndarray, np.ndarray]:
     """(features, label index) of ``prepared`` on the driver; above ``max_rows``, a stratified seeded sample."""
     total = prepared.count() if total is None else total
     if total > max_rows:
         classes = [r[0] for r in prepared.select(LABEL_INDEX).distinct().collect()]
         prepared = prepared.sampleBy(LABEL_INDEX, {c: max_rows / total for c in classes}, seed)
-    rows = prepared.select(vector_to_array(FEATURES_FILLED).alias("x"), LABEL_INDEX).toPandas()
+    rows = prepared.select(vector_to_array(features_col).alias("x"), LABEL_INDEX).toPandas()
     features = np.stack(rows["x"].to_numpy()) if len(rows) else np.empty((0, 0))
     return features, rows[LABEL_INDEX].to_numpy()
 
@@ -293,7 +302,8 @@ def fit_head(prepared: DataFrame, settings: TransferSettings, num_features: int,
         from sparkvision.ml.selection import fit_logreg, select_logreg
 
         total = prepared.count()
-        features, labels = feature_matrix(prepared, settings.logreg_select_max_rows, settings.seed, total)
+        features, labels = feature_matrix(prepared, settings.logreg_select_max_rows, settings.seed, total,
+                                          head_input(settings))
         fixed_reg = None if settings.grid else settings.logreg_reg_param
         chosen = select_logreg(
             features, labels,
@@ -368,7 +378,8 @@ class TransferModel:
             kind="spark_pipeline",
             labels=list(self.labels),
             preprocess=self.preprocess,
-            architecture=f"{self.settings.model_name} ({self.settings.output}) + MLlib {self.settings.classifier}",
+            architecture=f"{self.settings.model_name} ({self.settings.output})"
+            f"{f' + PCA {self.settings.pca}' if self.settings.pca else ''} + MLlib {self.settings.classifier}",
             onnx=None,
             spark_pipeline=SPARK_PIPELINE_DIR,
             tta=self.settings.tta,
@@ -430,6 +441,7 @@ def fit_transfer(
     )
     source = featurizer.model_source()
     num_features = featurizer.num_features()
+    settings.check_feature_count(num_features)  # before the backbone runs on every image
     featurize_started = time.perf_counter()
     train_features = featurized(featurizer, train)
     try:
@@ -449,11 +461,14 @@ def fit_transfer(
         ).fit(train_features)
         labels = list(indexer.labels)
         filler = NullVectorFiller(inputCol=FEATURES, outputCol=FEATURES_FILLED, size=num_features)
-        prepared = filler.transform(indexer.transform(train_features)).select(FEATURES_FILLED, LABEL_INDEX)
-        prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
+        filled = filler.transform(indexer.transform(train_features))
+        pca = fit_pca(filled, settings.pca) if settings.pca else None
+        if pca is not None:
+            filled = pca.transform(filled)
+        prepared = filled.select(head_input(settings), LABEL_INDEX).persist(StorageLevel.MEMORY_AND_DISK)
         head_started = time.perf_counter()
         try:
-            head = fit_head(prepared, settings, num_features, len(labels))
+            head = fit_head(prepared, settings, settings.pca or num_features, len(labels))
         finally:
             prepared.unpersist()
         head_seconds = time.perf_counter() - head_started
@@ -463,6 +478,7 @@ def fit_transfer(
     stages = [
         featurizer,
         filler,
+        *([pca] if pca is not None else []),
         indexer.copy({indexer.handleInvalid: "keep"}),
         classifier_model,
         IndexToString(inputCol=PREDICTION_INDEX, outputCol=PREDICTED_LABEL, labels=labels),
@@ -482,6 +498,7 @@ def fit_transfer(
             "backbone_output": settings.output,
             "backbone_digest": source.digest,
             **_backbone_file(settings.model_name),
+            **({"pca": pca_summary(pca, num_features)} if pca is not None else {}),
             "classifier": settings.classifier,
             "classifier_params": classifier_params,
             "grid": grid_results,
@@ -498,6 +515,25 @@ def fit_transfer(
         model.metrics = validation_metrics(model.transform(val), labels)
         model.provenance["fit_seconds"] = round(time.perf_counter() - started, 1)
     return model
+
+
+def fit_pca(filled: DataFrame, k: int) -> Model:
+    """MLlib's PCA of the training features (``features_filled``), projecting onto ``k`` components.
+
+    Its components come from the covariance of the rows (centred); its transform projects
+    the vectors as they are (not centred), an offset the classifier's intercept absorbs.
+    """
+    started = time.perf_counter()
+    model = PCA(k=k, inputCol=FEATURES_FILLED, outputCol=FEATURES_PCA).fit(filled)
+    log.info("PCA: %d components keep %.1f %% of the features' variance (%.1f s)", k,
+             100 * float(np.sum(model.explainedVariance.toArray())), time.perf_counter() - started)
+    return model
+
+
+def pca_summary(pca: Model, num_features: int) -> dict[str, Any]:
+    """What the PCA stage is, for provenance and the model card."""
+    return {"k": int(pca.getK()), "input_features": num_features,
+            "explained_variance": round(float(np.sum(pca.explainedVariance.toArray())), 4)}
 
 
 def _backbone_file(name: str) -> dict[str, str]:

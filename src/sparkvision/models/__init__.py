@@ -18,7 +18,7 @@ from sparkvision.models import registry
 
 #: The modules that register sparkvision's own models.
 FAMILIES = ("sparkvision.models.efficientnet", "sparkvision.models.lenet", "sparkvision.models.smallcnn",
-            "sparkvision.models.fcos")
+            "sparkvision.models.fcos", "sparkvision.models.hog")
 
 
 def load_families() -> None:

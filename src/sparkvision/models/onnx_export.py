@@ -9,6 +9,7 @@ graph has two outputs, ``features`` (pooled) and ``logits``, so one file serves 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import warnings
@@ -77,13 +78,16 @@ def export_onnx(
 
 def _weights_digest(name: str) -> str:
     """Identifies the registered model's code and weights file (its spec's ``weights_path``),
-    so a changed wheel re-exports."""
+    so a changed wheel re-exports; a model without weights is identified by its source file."""
     digest = hashlib.sha256(f"{name}:{__version__}:{torch.__version__}:{OPSET}".encode())
     spec = get_spec(name)
     if spec.weights_path is not None:
         path = spec.weights_path()
         stat = os.stat(path)
         digest.update(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
+    elif not spec.needs_weights and spec.builder is not None:
+        # A model that is all code (HOG): its source is what it is, so an edit re-exports.
+        digest.update(Path(inspect.getsourcefile(spec.builder) or "").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -97,5 +101,7 @@ def registered_onnx(name: str, pretrained: bool = True) -> Path:
         log.info("exporting %s to ONNX (once; cached at %s)", name, target)
         model = create_model(name, pretrained=pretrained)
         height, width = spec.preprocess.size
-        export_onnx(model, target, (spec.preprocess.channels, height, width), with_features=True)
+        # A model without classes (HOG) gives features only: its one output serves both roles.
+        export_onnx(model, target, (spec.preprocess.channels, height, width), with_features=True,
+                    output_names=None if spec.num_classes else ["features"])
     return target

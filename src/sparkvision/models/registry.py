@@ -51,6 +51,9 @@ class ModelSpec:
     #: Where the pretrained weights file is (a function, so a missing weights package fails only
     #: this model, on use): what the ONNX export cache digests, so changed weights re-export.
     weights_path: Callable[[], str] | None = None
+    #: False for a model with nothing to learn (HOG): complete as it is, so building it "pretrained"
+    #: (what the featurizer asks for) needs no weights.
+    needs_weights: bool = True
 
     @property
     def is_onnx(self) -> bool:
@@ -86,6 +89,7 @@ def register(
     description: str = "",
     task: str = "classify",
     weights_path: Callable[[], str] | None = None,
+    needs_weights: bool = True,
     overwrite: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Decorator: register the decorated ``builder(pretrained, num_classes, **kwargs)`` as ``name``."""
@@ -95,7 +99,7 @@ def register(
             ModelSpec(
                 name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
                 builder=builder, labels=tuple(labels) if labels else None, has_pretrained=has_pretrained,
-                description=description, task=task, weights_path=weights_path,
+                description=description, task=task, weights_path=weights_path, needs_weights=needs_weights,
             ),
             overwrite=overwrite,
         )
@@ -166,6 +170,6 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     spec = get_spec(name)
     if spec.builder is None:
         raise ValueError(f"{name!r} is registered from an ONNX file and has no torch module")
-    if pretrained and not spec.has_pretrained:
+    if pretrained and not spec.has_pretrained and spec.needs_weights:
         raise ValueError(f"{name!r} has no pretrained weights; use pretrained=False")
     return spec.builder(pretrained=pretrained, num_classes=num_classes or spec.num_classes, **kwargs)

@@ -139,7 +139,12 @@ def from_registry(name: str) -> ModelSource:
 
     spec = get_spec(name)
     path = registered_onnx(name)
-    outputs = dict(spec.output_names) if spec.is_onnx else {"features": "features", "logits": "logits"}
+    if spec.is_onnx:
+        outputs = dict(spec.output_names)
+    elif spec.num_classes:
+        outputs = {"features": "features", "logits": "logits"}
+    else:  # features only (HOG): the one output serves both roles, as for a Hugging Face backbone without a head
+        outputs = {"features": "features", "logits": "features"}
     return ModelSource(
         name=name, data=_read_bytes(path), preprocess=spec.preprocess, input_name=spec.input_name,
         outputs=outputs, labels=spec.labels,
