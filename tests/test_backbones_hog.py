@@ -143,6 +143,8 @@ def test_a_bad_pca_is_a_usage_error_before_spark_starts(tmp_path, caplog):
         ([*fit, "--pca", "1765", "--backbone", "hog"], "must be at most the 1764 features of hog, got 1765"),
         ([*fit, "--pca", "1281"], "must be at most the 1280 features of efficientnet_lite0"),
         ([*fit, "--pca", "1001", "--output", "logits"], "must be at most the 1000 logits of efficientnet_lite0"),
+        (["train", "--train", tmp_path, "--out", tmp_path / "m", "--backbone", "hog"], "nothing to train"),
+        (["classify", "--input", tmp_path, "--backbone", "hog"], "hog names no classes"),
     ]
     assert_usage_errors(caplog, cases)
 

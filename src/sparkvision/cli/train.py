@@ -38,6 +38,14 @@ class _RegisteredModels:
         return iter(list_models())
 
 
+def _features_only(arch: str) -> bool:
+    """A registered model without classes or weights (HOG), which train cannot fine-tune."""
+    from sparkvision.models import get_spec
+
+    spec = get_spec(arch)
+    return spec.num_classes == 0 and not spec.needs_weights
+
+
 def _pair(text: str) -> tuple[float, float]:
     parts = [float(p) for p in text.replace("x", ",").split(",")]
     if len(parts) != 2:
@@ -155,6 +163,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.arch is not None and is_hf_backbone(args.arch):
         raise UsageError(f"train fine-tunes registered torch models only; use {args.arch}'s frozen features with "
                          f"'sparkvision fit --backbone {args.arch}'")
+    if args.arch is not None and _features_only(args.arch):
+        raise UsageError(f"{args.arch} gives hand-designed features only, with nothing to train and no classifier; "
+                         f"fit one on them with 'sparkvision fit --backbone {args.arch}'")
     config = config_from_args(args)
     if args.val is None and config.data.val_fraction == 0:
         log.warning("no validation data (--val or --val-fraction): no early stopping, the last epoch is exported")
