@@ -6,7 +6,7 @@ and Fashion-MNIST 4,000 / 1,500 (``sample_per_class`` 400 / 150 of the built-in 
 ``bench_fit_auto`` and ``bench_finetune``). Each fit is one ``sparkvision fit`` command (its own process,
 as a user runs it) with ``fit``'s defaults (regParam x standardization by 3-fold CV); accuracy is on the
 val part. images/s is prediction with the saved model (the whole PipelineModel: decode, features, PCA,
-head) on the val images in one Spark session: a cold run, then the best of two warm ones.
+head) on the val images in one Spark session: a cold run (model broadcast, worker sessions), then a warm one.
 
     .venv/bin/python benchmarks/run.py classic           # about 20 minutes on 2 idle cores
     .venv/bin/python benchmarks/run.py classic --quick   # imagenette only, to check it runs
@@ -58,7 +58,7 @@ def run_fit(train: str, val: str, flags: list[str], out: Path) -> dict:
             **{k: provenance.get(k) for k in ("featurize_seconds", "head_seconds", "fit_seconds")}}
 
 
-def predict_rate(spark, model_dir: Path, val: str, warm_runs: int = 2) -> dict:
+def predict_rate(spark, model_dir: Path, val: str, warm_runs: int = 1) -> dict:
     """Images/s of the saved model on ``val``: the full pipeline to Spark's noop sink, cold then warm."""
     from sparkvision.inference.predict import load_model
     from sparkvision.io import load_images
@@ -95,8 +95,8 @@ def report(results: dict[str, dict[str, dict]]) -> Result:
         "`sparkvision fit --train TRAIN --val VAL --out M` with `--backbone hog --pca 128` (HOG, 1,764 values, "
         "reduced to 128 principal components by an MLlib PCA stage in the saved pipeline) and with `--backbone "
         "efficientnet_lite0` (1,280 pooled features), logistic regression chosen by `fit`'s defaults for both. "
-        "images/s: the saved model on the val images in one local[2] Spark session, to Spark's noop sink (best of "
-        "two warm runs after a cold one). Seconds are wall time on 2 cores shared with other jobs.",
+        "images/s: the saved model on the val images in one local[2] Spark session, to Spark's noop sink (a warm run "
+        "after a cold one). Seconds are wall time on 2 cores shared with other jobs.",
         table(["set", "model", "val accuracy", "macro F1", "PCA variance kept", "predict images/s",
                "featurize s (fit)", "head s (fit)", "fit wall s"], rows),
         "; ".join(ratios) + ".",
