@@ -65,10 +65,12 @@ def test_plan_measures_predict_here_and_sizes_the_job(fitted_imagenette, imagene
     r = json.loads(printed)
     m = r["measured"]
     assert r["images"] == 2_000_000 and r["sample"]["images"] == 8 and r["sample"]["source_images"] == 400
-    assert m["cores"] == 2 and set(m["runs_s"]) == {"first 8", "warm 8", "warm 32"}
+    assert m["cores"] == 2 and set(m["runs_s"]) == {"first 8", "warm 8", "warm 64"}
     assert m["per_core_images_s"] > 0 and m["job_fixed_s"] >= 0 and m["output_bytes_per_image"] > 0
     per_image = m["per_image_ms"]
     assert per_image["decode"] > 0 and per_image["model"] > 0 and per_image["rest"] >= 0
+    # An image never costs less than one core's decode and model work (noise in the runs' difference is floored).
+    assert 1e3 / m["per_core_images_s"] >= per_image["decode"] + per_image["model"] - 1e-6
     # The figures are the rule applied to the measured rate, and the estimate here is a + b x N.
     assert r["needed"] == resources_for(2_000_000, 4, m["per_core_images_s"], 8, r["mean_bytes"],
                                         m["output_bytes_per_image"])

@@ -319,7 +319,7 @@ class PlanSettings(Validated):
     sample: int = 64
     #: The second warm run predicts the sample this many times over: the difference between
     #: the two runs is the cost of more images, free of a job's fixed cost.
-    scale: int = 4
+    scale: int = 8
     #: Each warm run is repeated and the fastest kept, as a benchmark would.
     repeats: int = 2
     cores_per_node: int = 16

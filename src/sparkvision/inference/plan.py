@@ -225,8 +225,13 @@ class SparkCosts:
 
 
 def measure_spark(spark, model_dir: str | Path, contents: Sequence[bytes], settings: PlanSettings,
-                  scratch: str) -> SparkCosts:
-    """Time ``predict`` on the sample and on the sample ``scale`` times over, warm, fastest of ``repeats``."""
+                  scratch: str, min_seconds_per_image: float = 0.0) -> SparkCosts:
+    """Time ``predict`` on the sample and on the sample ``scale`` times over, warm, fastest of ``repeats``.
+
+    An image cannot cost less than its decode and model work spread over every core
+    (``min_seconds_per_image``): a difference of two runs below that is noise (a sample
+    too small for these cores), and the bound is used instead, with a warning.
+    """
     from sparkvision.inference.predict import predict
 
     small, large = len(contents), len(contents) * settings.scale
@@ -241,7 +246,12 @@ def measure_spark(spark, model_dir: str | Path, contents: Sequence[bytes], setti
     first = _best_of(1, lambda: run(small))  # Python workers start, the model loads on each
     warm_small = _best_of(settings.repeats, lambda: run(small))
     warm_large = _best_of(settings.repeats, lambda: run(large))
-    per_image = max(warm_large - warm_small, 1e-9) / (large - small)
+    per_image = (warm_large - warm_small) / (large - small)
+    if per_image < 0.8 * min_seconds_per_image:
+        log.warning("the sample runs differ by less than the images' decode and model work (%.1f s for %d more "
+                    "images): using that work as each image's cost; a larger --sample measures Spark's share too",
+                    warm_large - warm_small, large - small)
+    per_image = max(per_image, min_seconds_per_image)
     written = _bytes_under(out)
     return SparkCosts(
         cores=spark.sparkContext.defaultParallelism,
@@ -309,7 +319,9 @@ def plan(spark, model_dir: str | Path, hours: float, sample: PlanSample, images:
     scratch = scratch or tempfile.mkdtemp(prefix="sparkvision-plan-")
     try:
         core = measure_core(model_dir, sample.contents, settings.repeats, int8, decode)
-        costs = measure_spark(spark, model_dir, sample.contents, settings, scratch)
+        cores = spark.sparkContext.defaultParallelism
+        costs = measure_spark(spark, model_dir, sample.contents, settings, scratch,
+                              (core.decode_ms + (core.model_ms or 0.0)) / 1e3 / cores)
     finally:
         if own_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
