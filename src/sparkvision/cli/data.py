@@ -43,11 +43,12 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def ingest_settings(args: argparse.Namespace) -> IngestSettings:
-    settings = IngestSettings(recursive=not args.no_recursive)
+    """--extensions and --no-recursive (where the command has it) as IngestSettings."""
+    recursive = not getattr(args, "no_recursive", False)
     if args.extensions:
         exts = tuple("." + e.strip().lower().lstrip(".") for e in args.extensions.split(",") if e.strip())
-        settings = IngestSettings(extensions=exts, recursive=settings.recursive)
-    return settings
+        return IngestSettings(extensions=exts, recursive=recursive)
+    return IngestSettings(recursive=recursive)
 
 
 def decode_settings(args: argparse.Namespace) -> DecodeSettings:

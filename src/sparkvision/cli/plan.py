@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from sparkvision.cli.common import Summary, UsageError, emit, fmt, given, spark_from_args
-from sparkvision.config import IngestSettings, PlanSettings
+from sparkvision.cli.data import ingest_settings
+from sparkvision.config import PlanSettings
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -27,12 +28,8 @@ def _plan(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     load_card(args.model)  # a wrong MODEL_DIR fails here, before Spark starts
     spark = spark_from_args(args)
-    ingest = IngestSettings()
-    if args.extensions:
-        ingest = IngestSettings(extensions=tuple("." + e.strip().lower().lstrip(".")
-                                                 for e in args.extensions.split(",") if e.strip()))
     sample = plan_sample(spark, args.input, settings, args.images, args.mean_bytes, kind=args.source_kind,
-                         ingest=ingest, glob=args.glob)
+                         ingest=ingest_settings(args), glob=args.glob)
     emit(plan(spark, args.model, args.hours, sample, images=args.images, mean_bytes=args.mean_bytes,
               settings=settings, int8=args.int8, scratch=args.scratch), _plan_summary)
     return 0

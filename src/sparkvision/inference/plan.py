@@ -163,15 +163,14 @@ def measure_core(model_dir: str | Path, contents: Sequence[bytes], repeats: int 
     if not len(batch.index):
         raise ValueError("no image of the sample could be decoded: "
                          f"{next((e for e in batch.errors if e), 'unknown error')}")
-    decoded = len(contents)
-    decode_s = _best_of(repeats, lambda: preprocessor(contents))
+    decode_s = _best_of(repeats, lambda: preprocessor(contents))  # every image, failed decodes included
     tensors = batch.tensor
     if card.tta == "flip":  # the model runs on each image and its mirror image
         tensors = np.concatenate([tensors, np.ascontiguousarray(tensors[..., ::-1])])
     try:
         graph = onnx_path(model_dir, card)
     except FileNotFoundError:
-        return CoreCosts(decode_s / decoded * 1e3, None)
+        return CoreCosts(decode_s / len(contents) * 1e3, None)
     size = FeaturizeSettings.batch_size
 
     def model_ms(path: Path) -> float:
@@ -180,7 +179,7 @@ def measure_core(model_dir: str | Path, contents: Sequence[bytes], repeats: int 
         seconds = _best_of(repeats, lambda: [model.run(tensors[i:i + size]) for i in range(0, len(tensors), size)])
         return seconds / len(batch.index) * 1e3
 
-    costs = CoreCosts(decode_s / decoded * 1e3, model_ms(graph))
+    costs = CoreCosts(decode_s / len(contents) * 1e3, model_ms(graph))
     if int8:
         from sparkvision.config import QuantizeSettings
         from sparkvision.deploy.quantize import quantize_model
