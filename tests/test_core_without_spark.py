@@ -50,9 +50,11 @@ SCRIPT = textwrap.dedent(
     from sparkvision.models.runner import ClassifierRunner
     from sparkvision.models.runtime import OnnxModel
     from sparkvision.preprocess import ImagePreprocessor
+    from sparkvision.drift import load_profile, psi
 
     assert sparkvision.io.ImageError is ImageError and "load_images" in dir(sparkvision.io)
     TrainConfig()
+    assert psi([1, 1], [1, 1]) == 0.0 and callable(load_profile)  # drift statistics need no JVM
     photo = Path(sys.argv[1])
 
     # Decode a real photo through storage, against Pillow's own decode.

@@ -112,6 +112,8 @@ def test_report_opens_in_chromium_with_heat_map_and_gallery(report, imagenette_m
         curves_note = page.locator("#curves").inner_text()
         assert all(column in curves_note for column in CURVE_COLUMNS)
         assert page.locator("#per-class-table tbody tr").count() == 10
+        # fit stored a drift profile: the report judges these predictions against it.
+        assert page.locator("#drift-table tbody tr").count() == 4 and page.locator("#drift").is_visible()
         page.screenshot(path=str(report["dir"] / "report.png"), full_page=True)
         heat.screenshot(path=str(report["dir"] / "heatmap.png"))
         page.locator("#gallery").screenshot(path=str(report["dir"] / "gallery.png"))

@@ -86,6 +86,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     REFUSED = 3
     INPUT = 4
+    DRIFT = 5
     INTERRUPTED = 130
 
 
@@ -98,6 +99,7 @@ EXIT_CODE_MEANINGS = {
     "(nothing written unless --force)",
     ExitCode.INPUT: "an input is missing or unreadable: a source, dataset, predictions or model directory "
     "that does not exist, or a model card that is not valid",
+    ExitCode.DRIFT: "drift found drift: a signal passed its threshold (the report is printed as usual)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

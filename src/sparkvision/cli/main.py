@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "sparkvision.cli.train",
     "sparkvision.cli.detect",
     "sparkvision.cli.evaluate",
+    "sparkvision.cli.drift",
     "sparkvision.cli.tiling",
     "sparkvision.cli.deploy",
     "sparkvision.cli.plan",

@@ -5,7 +5,8 @@ thumbnail is a ``data:`` URI. Plots are drawn on bare matplotlib Figures (no pyp
 so the application's matplotlib backend is left as it is.
 
 Sections: summary, per-class table, confusion-matrix heat map, reliability diagram,
-training curves (when the model directory has ``curves.csv``), and a gallery of the
+training curves (when the model directory has ``curves.csv``), drift against the model's
+reference profile (when it has ``drift_profile.json``), and a gallery of the
 most confidently wrong predictions (found with Spark's top-N, so only those rows
 reach the driver).
 """
@@ -317,6 +318,51 @@ def _auto_section(auto: dict[str, Any] | None) -> str:
             f'<ul class="notes">{items}</ul></section>')
 
 
+def drift_summary(predictions: DataFrame | None, model_dir: str | Path | None) -> dict[str, Any] | None:
+    """The prediction signals of ``sparkvision drift`` (class shares, confidence, errors) for these
+    predictions against the model directory's drift profile; None without a profile. One Spark
+    aggregation; the image and feature signals, which re-read images, are left to ``drift``."""
+    from sparkvision.drift.stats import Snapshot, compare, has_profile, load_profile
+
+    if predictions is None or not has_profile(model_dir):
+        return None
+    from sparkvision.drift.spark import prediction_counts
+
+    profile = load_profile(model_dir)  # type: ignore[arg-type]
+    current = Snapshot(**prediction_counts(predictions, profile.labels))
+    return {"reference_rows": profile.reference.rows, "reference_source": profile.source, "rows": current.rows,
+            "signals": [s.to_dict() for s in compare(profile, current)]}
+
+
+def _drift_section(drift: dict[str, Any] | None) -> str:
+    """These predictions against the reference profile: one row per signal, drifted ones flagged."""
+    if not drift:
+        return ""
+    rows = []
+    for sig in drift["signals"]:
+        verdict = "drift" if sig["drift"] else ("-" if sig["threshold"] is None else "ok")
+        ref = sig["reference"] if not isinstance(sig["reference"], list | dict) else None
+        cur = sig["current"] if not isinstance(sig["current"], list | dict) else None
+        attr = ' class="flag" data-flag="drift"' if sig["drift"] else ""
+        rows.append(f"<tr{attr}><td>{html.escape(sig['name'].replace('_', ' '))}</td>"
+                    f"<td>{html.escape(sig['statistic'].replace('_', ' '))}</td><td>{_fmt(sig['value'])}</td>"
+                    f"<td>{_fmt(sig['threshold'])}</td><td>{_fmt(ref)}</td><td>{_fmt(cur)}</td>"
+                    f"<td>{verdict}</td></tr>")
+    shares = next((s for s in drift["signals"] if s["name"] == "class_shares"), None)
+    share_rows = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{_pct(ref)}</td><td>{_pct(shares['current'].get(label))}</td></tr>"
+        for label, ref in (shares["reference"] if shares else {}).items())
+    note = (f"{drift['rows']:,} prediction rows against the profile of {drift['reference_rows']:,} reference rows "
+            f"({html.escape(drift['reference_source'])}), stored in the model directory by fit or train. "
+            "PSI above 0.25 is a significant shift. The image and feature-shift signals re-read images: run "
+            "<code>sparkvision drift</code> for them.")
+    return ('<section id="drift"><h2>Drift against the reference profile</h2><div class="scroll">'
+            '<table id="drift-table"><thead><tr><th>signal</th><th>statistic</th><th>value</th><th>threshold</th>'
+            f'<th>reference</th><th>now</th><th>verdict</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            '<table id="drift-shares"><thead><tr><th>predicted class</th><th>reference share</th><th>share now</th>'
+            f'</tr></thead><tbody>{share_rows}</tbody></table></div><p class="notes">{note}</p></section>')
+
+
 def model_name(source: dict[str, Any] | None, model_dir: str | Path | None) -> str | None:
     """The model's name for a report title: the card's, else the model directory's."""
     return (source or {}).get("model") or (Path(model_dir).name if model_dir else None)
@@ -381,6 +427,8 @@ class Report:
     auto_selection: dict[str, Any] | None = None
     gallery: list[GalleryItem] = field(default_factory=list)
     heatmap_note: str = ""
+    #: These predictions against the model's drift profile (:func:`drift_summary`), when it has one.
+    drift: dict[str, Any] | None = None
 
 
 def _summary_html(r: EvaluationResult) -> str:
@@ -473,6 +521,7 @@ def render_html(report: Report) -> str:
                      "black ticks: their mean confidence; hatched: the gap. ECE is the row-weighted mean gap."),
         _curves_section(report.curves_png, report.curves_columns),
         _auto_section(report.auto_selection),
+        _drift_section(report.drift),
         _gallery_html(report.gallery),
     ])
 
@@ -498,6 +547,7 @@ def build_report(
     report.reliability_png = plot_reliability(result)
     report.curves_png, report.curves_columns = training_curves(model_dir)
     report.auto_selection = auto_selection(model_dir)
+    report.drift = drift_summary(predictions, model_dir)
     if predictions is not None and settings.gallery_size > 0:
         wrong = most_confidently_wrong(predictions, settings.gallery_size)
         spark = spark or predictions.sparkSession

@@ -358,6 +358,9 @@ class TransferModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     grid_results: list[dict[str, Any]] = field(default_factory=list)
+    #: The reference profile of its validation predictions (:class:`sparkvision.drift.Profile`), saved as
+    #: ``drift_profile.json``; None when fitted without validation rows.
+    drift_profile: Any = None
 
     def transform(self, frame: DataFrame) -> DataFrame:
         return self.pipeline.transform(frame)
@@ -389,6 +392,10 @@ class TransferModel:
         with storage.atomic_dir(storage.file_uri(out_path), spark, overwrite=overwrite) as staging:
             self.pipeline.write().save(f"{staging}/{SPARK_PIPELINE_DIR}")
             save_card(storage.local_path(staging), card)
+            if self.drift_profile is not None:
+                from sparkvision.drift.stats import save_profile
+
+                save_profile(storage.local_path(staging), self.drift_profile)
             if onnx:
                 _add_onnx(spark, storage.local_path(staging), self.pipeline)
         log.info("saved model to %s", out_path)
@@ -512,9 +519,28 @@ def fit_transfer(
     )
     log.info("fitted %s in %.1f s", settings.classifier, time.perf_counter() - started)
     if val is not None:
-        model.metrics = validation_metrics(model.transform(val), labels)
+        model.metrics, model.drift_profile = validate(model, val, (provenance or {}).get("val_source", "val"))
         model.provenance["fit_seconds"] = round(time.perf_counter() - started, 1)
     return model
+
+
+def validate(model: TransferModel, val: DataFrame, source: str) -> tuple[dict[str, Any], Any]:
+    """Validation metrics and the drift reference profile (:mod:`sparkvision.drift`) from one scoring of
+    ``val``: the CNN runs once, its outputs cached without the image bytes."""
+    from sparkvision.drift.spark import BYTES, profile_frame
+    from sparkvision.evaluation.metrics import PREDICTION_COLUMNS
+    from sparkvision.io.schema import HEIGHT, MODE, WIDTH
+
+    scored = model.transform(val)
+    image = [F.col(c) for c in (WIDTH, HEIGHT, MODE) if c in scored.columns]
+    image += [F.length(CONTENT).alias(BYTES)] if CONTENT in scored.columns else []
+    scored = scored.select(*PREDICTION_COLUMNS, FEATURES, *image).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        metrics = validation_metrics(scored, model.labels)
+        profile = profile_frame(scored, model.labels, "features", source)
+    finally:
+        scored.unpersist()
+    return metrics, profile
 
 
 def fit_pca(filled: DataFrame, k: int) -> Model:

@@ -158,6 +158,22 @@ def run_on_ranks(fn: Callable[..., Any], *args: Any, workers: int, local_mode: b
     return returned
 
 
+def _drift_profile(spark, out: str, prepared) -> None:
+    """The drift reference profile (:mod:`sparkvision.drift`) of the written model on the val part (the
+    train part without one), scored in Spark. The model is already written: a failure here only warns."""
+    from sparkvision.drift.spark import build_profile
+    from sparkvision.io import load_images
+
+    part, uri = ("val", prepared.val) if prepared.val else ("train", prepared.train)
+    given = prepared.sources.get(part)
+    source = f"{part}: {given}" if given else f"{part} part of {prepared.sources.get('train')} ({uri})"
+    try:
+        path = build_profile(spark, out, load_images(spark, uri), source)
+        log.info("drift profile of the %s part written to %s", part, path)
+    except Exception as exc:  # noqa: BLE001 - the model directory is complete without it
+        log.warning("no drift profile written for %s: %s", out, exc)
+
+
 def fit(
     spark,
     config: TrainConfig,
@@ -262,6 +278,8 @@ def fit(
         raise TrainingFailedError(f"training failed ({_failure_summary(exc)}); {hint}") from exc
     if not isinstance(returned, dict):
         raise RuntimeError("training finished without rank 0's result")
+    if task == "classify":
+        _drift_profile(spark, returned["out"], prepared)
     if not config.data.keep_work:
         _remove_work(spark, work_dir, prepared.written, default=config.data.work_dir is None)
     return TrainResult(returned["out"], returned["metrics"], returned["history"], returned["labels"],
