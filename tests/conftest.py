@@ -69,6 +69,24 @@ def private_registry(monkeypatch):
     return registry
 
 
+@pytest.fixture(scope="session")
+def imagenet_model_dir(tmp_path_factory):
+    """A model directory of kind ``onnx``: pretrained EfficientNet-Lite0 with its 1000 ImageNet labels."""
+    import shutil
+
+    from sparkvision.models import get_spec
+    from sparkvision.models.model_dir import ModelCard, save_card
+    from sparkvision.models.onnx_export import registered_onnx
+
+    spec = get_spec("efficientnet_lite0")
+    out = tmp_path_factory.mktemp("onnx_model") / "imagenet"
+    out.mkdir()
+    shutil.copyfile(registered_onnx("efficientnet_lite0"), out / "model.onnx")
+    save_card(out, ModelCard(name="imagenet-lite0", kind="onnx", labels=list(spec.labels),
+                             preprocess=spec.preprocess, architecture="efficientnet_lite0"))
+    return out
+
+
 @pytest.fixture
 def cli(spark):
     """The command in this process: ``cli("predict", ...)`` gives (exit code, stdout); its logs reach caplog."""

@@ -179,9 +179,9 @@ def test_source_kinds_resolve(spark, tmp_path):
 
 
 def test_glob_uris_label_below_the_folder_above_the_glob():
-    from sparkvision.io.sources import _glob_base
+    from sparkvision.io.sources import glob_base
 
-    assert _glob_base("s3a://b/photos/*/2024") == "s3a://b/photos"
-    assert _glob_base("file:///data/img/{cat,dog}") == "file:///data/img"
-    assert _glob_base("hdfs://nn:8020/data/") == "hdfs://nn:8020/data/"
+    assert glob_base("s3a://b/photos/*/2024") == "s3a://b/photos"
+    assert glob_base("file:///data/img/{cat,dog}") == "file:///data/img"
+    assert glob_base("hdfs://nn:8020/data/") == "hdfs://nn:8020/data/"
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
+from pyspark.sql.types import StringType, TimestampType
 from transfer_cases import IMAGENET_NAMES, bad_files, photo_folder
 
 from sparkvision.inference.predict import (
@@ -16,22 +15,8 @@ from sparkvision.inference.predict import (
 )
 from sparkvision.io import load_images
 from sparkvision.ml.predictor import ImagePredictor
-from sparkvision.models import get_spec
-from sparkvision.models.model_dir import ModelCard, save_card
-from sparkvision.models.onnx_export import registered_onnx
+from sparkvision.models.model_dir import model_digest
 from sparkvision.storage import OutputExistsError
-
-
-@pytest.fixture(scope="module")
-def imagenet_model_dir(tmp_path_factory):
-    """A model directory of kind ``onnx``: the pretrained backbone with its 1000 ImageNet labels."""
-    spec = get_spec("efficientnet_lite0")
-    out = tmp_path_factory.mktemp("onnx_model") / "imagenet"
-    out.mkdir()
-    shutil.copyfile(registered_onnx("efficientnet_lite0"), out / "model.onnx")
-    save_card(out, ModelCard(name="imagenet-lite0", kind="onnx", labels=list(spec.labels),
-                             preprocess=spec.preprocess, architecture="efficientnet_lite0"))
-    return out
 
 
 def test_image_predictor_names_the_right_imagenet_class_for_real_photos(spark, imagenette, tmp_path):
@@ -72,8 +57,11 @@ def test_predict_job_writes_every_row_once_with_errors_and_refuses_or_replaces_o
     written = spark.read.parquet(out)
     assert [(f.name, f.dataType) for f in written.schema.fields] == [
         (f.name, f.dataType) for f in PREDICTIONS_SCHEMA.fields
-    ]
+    ] + [("model_version", StringType()), ("predicted_at", TimestampType())]
     rows = written.collect()
+    # Lineage: the model directory's digest, and one job time, on every row.
+    assert {r["model_version"] for r in rows} == {model_digest(imagenet_model_dir)} == {summary.model_version}
+    assert len({r["predicted_at"] for r in rows}) == 1 and rows[0]["predicted_at"] is not None
     assert summary.rows == len(rows) == 7 and summary.errors == 3 and summary.predicted == 4
     assert sorted(r["path"] for r in rows) == sorted(r["path"] for r in frame.select("path").collect())
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}

@@ -270,16 +270,21 @@ def atomic_dir(
     parent, _, name = target.rpartition("/")
     ops.mkdirs(parent)
     token = uuid.uuid4().hex[:12]
-    staging = f"{parent}/{name}.staging-{token}"
+    # The staging output sits in a hidden folder (a leading dot), so readers of the parent,
+    # such as Spark reading a table of parts, skip what a killed job left; its own name is
+    # not hidden, so Spark reads it back without complaint before the rename.
+    container = f"{parent}/.{name}.staging-{token}"
+    staging = f"{container}/{name}"
     try:
+        ops.mkdirs(container)
         if spark is None:
             os.mkdir(staging)
         yield staging
     except BaseException:
-        if ops.exists(staging):
-            ops.delete(staging)
+        if ops.exists(container):
+            ops.delete(container)
         raise
-    retired = f"{parent}/{name}.retired-{token}"
+    retired = f"{parent}/.{name}.retired-{token}"
     had_old = ops.exists(target)
     if had_old:
         ops.rename(target, retired)
@@ -289,6 +294,7 @@ def atomic_dir(
         if had_old:
             ops.rename(retired, target)
         raise
+    ops.delete(container)
     if had_old:
         ops.delete(retired)
     log.info("wrote %s", target)

@@ -26,7 +26,7 @@ def _files(path: Path) -> dict[str, bytes]:
 
 def _committed_parts(target: Path) -> list[Path]:
     """Part files of finished tasks inside a staging directory of ``target`` (not yet in place)."""
-    return [p for staging in target.parent.glob(f"{target.name}.staging-*")
+    return [p for staging in target.parent.glob(f".{target.name}.staging-*")
             for p in staging.rglob("part-*") if "/_temporary/0/task_" in str(p)]
 
 
@@ -58,5 +58,5 @@ def test_predict_killed_mid_write_leaves_the_old_output_whole(predictions, model
     assert _files(target) == before, "the existing output changed"
     # What the dead job left is a hidden sibling, never the target (and is not read as it).
     leftovers = [p.name for p in target.parent.iterdir() if p != target]
-    assert all(name.startswith(f"{target.name}.staging-") for name in leftovers)
+    assert all(name.startswith(f".{target.name}.staging-") for name in leftovers)
     wait_cluster_idle(cluster)  # the master removed the dead driver's application and its executors

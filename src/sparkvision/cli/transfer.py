@@ -12,7 +12,7 @@ from typing import Any
 from pyspark.sql import functions as F
 
 from sparkvision.cli.common import Summary, UsageError, emit, fmt, predictions_summary, spark_from_args
-from sparkvision.cli.data import add_source_options, read_source
+from sparkvision.cli.data import add_source_options, decode_settings, ingest_settings, read_source
 from sparkvision.cli.detect import add_detection_options, detection_settings
 from sparkvision.cli.models import add_backbone_options, backbone_from_args
 from sparkvision.config import FeaturizeSettings, TransferSettings
@@ -202,16 +202,91 @@ def _fit_summary(r: dict[str, Any]) -> Summary:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sparkvision.inference.predict import predict
     from sparkvision.models.model_dir import load_card
 
+    _check_predict_modes(args)
     load_card(args.model)  # a wrong MODEL_DIR fails here, before Spark starts
     spark = spark_from_args(args)
+    if args.stream:
+        from sparkvision.inference.stream import predict_stream
+
+        summary = predict_stream(
+            spark, args.model, args.input, args.out, args.checkpoint, trigger=args.trigger,
+            max_files_per_trigger=args.max_files_per_trigger, ingest=ingest_settings(args),
+            decode=decode_settings(args), glob=args.glob, batch_size=args.batch_size,
+            detection=detection_settings(args), tta=args.tta, timeout=args.timeout)
+        emit(summary.to_dict(), stream_summary)
+        return 0
     frame = read_source(spark, args, args.input, probe="header")
+    if args.incremental:
+        from sparkvision.inference.predict import predict_incremental
+
+        files = args.source_kind in ("auto", "folder", "binaryFile", "voc") and _is_file_source(spark, args)
+        summary = predict_incremental(
+            spark, args.model, frame, args.out, source=args.input if files else None, ingest=ingest_settings(args),
+            glob=args.glob, key="hash" if args.hash else ("stat" if files else "hash"),
+            batch_size=args.batch_size, detection=detection_settings(args), tta=args.tta)
+        emit(summary.to_dict(), incremental_summary)
+        return 0
+    from sparkvision.inference.predict import predict
+
     summary = predict(spark, args.model, frame, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
                       detection=detection_settings(args), tta=args.tta)
     emit(summary.to_dict(), predictions_summary)
     return 0
+
+
+def _is_file_source(spark, args: argparse.Namespace) -> bool:
+    """Whether SRC is a folder or URI of image files (sizes and times to key on), not a dataset or built-in."""
+    from sparkvision.io.load import resolve_kind
+
+    kind = resolve_kind(spark, args.input) if args.source_kind == "auto" else args.source_kind
+    return kind in ("folder", "binaryFile", "voc")
+
+
+def _check_predict_modes(args: argparse.Namespace) -> None:
+    if args.stream and args.incremental:
+        raise UsageError("--stream and --incremental are two ways to append; choose one")
+    if (args.stream or args.incremental) and args.overwrite:
+        raise UsageError("--overwrite replaces a whole output; --stream and --incremental append to it")
+    if args.stream and not args.checkpoint:
+        raise UsageError("--stream needs --checkpoint DIR (where Spark records which files are done)")
+    if not args.stream and (args.checkpoint or args.max_files_per_trigger or args.timeout is not None
+                            or args.trigger != "available-now"):
+        raise UsageError("--checkpoint, --trigger, --max-files-per-trigger and --timeout apply to --stream")
+    if args.hash and not args.incremental:
+        raise UsageError("--hash applies to --incremental")
+    if args.stream:
+        from sparkvision.inference.stream import parse_trigger
+
+        try:
+            parse_trigger(args.trigger)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if args.source_kind not in ("auto", "binaryFile", "folder"):
+            raise UsageError("--stream reads new image files from a folder or URI (--source-kind folder or "
+                             "binaryFile)")
+
+
+def incremental_summary(r: dict[str, Any]) -> Summary:
+    if r["batch"] is None:
+        return Summary(f"nothing new: all {r['skipped']:,} input rows were already predicted by model "
+                       f"{r['model_version']} into {r['out']}; nothing written")
+    summary = predictions_summary(r)
+    summary.headline = (f"predicted {r['rows']:,} new rows into {r['out']} (part batch={r['batch']}); "
+                        f"{r['skipped']:,} already predicted by model {r['model_version']} were skipped")
+    return summary
+
+
+def stream_summary(r: dict[str, Any]) -> Summary:
+    return Summary(
+        f"stream {r['stopped_by']}: {r['batches']:,} micro-batches, {r['rows']:,} rows appended to {r['out']} "
+        f"({r['errors']:,} with errors) in {r['seconds']:.1f} s",
+        [("model", f"{r['model']} ({r['kind']}, version {r['model_version']})"), ("checkpoint", r["checkpoint"]),
+         ("trigger", r["trigger"]), ("predicted classes", r["predicted_classes"] or None),
+         ("errors", r["error_kinds"] or None)],
+        [f"sparkvision evaluate --predictions {r['out']} --out REPORT_DIR"] if r["kind"] != "detector" else [],
+    )
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -376,13 +451,37 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
         "write Parquet with path, label (true class or null), prediction, probability (array<double> in the "
         "model card's labels order, see MODEL_DIR/labels.txt) and error. Bad images get an error, never a "
         "failed job. The output is checked to hold every input row exactly once, then moved into place.",
-        epilog="Example:\n  sparkvision predict --model models/imagenette --input new_photos/ --out predictions/today",
+        epilog="Examples:\n  sparkvision predict --model models/imagenette --input new_photos/ --out predictions/today\n"
+        "  sparkvision predict --model models/imagenette --input incoming/ --out predictions/all --incremental\n"
+        "  sparkvision predict --model models/imagenette --input incoming/ --out predictions/live --stream \\\n"
+        "      --checkpoint checkpoints/live --trigger processing-time=10s",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pred.add_argument("--model", required=True, metavar="MODEL_DIR", help="a sparkvision model directory")
     pred.add_argument("--input", required=True, metavar="SRC", help="images to classify")
     pred.add_argument("--out", required=True, metavar="PREDICTIONS", help="output Parquet directory (any Hadoop URI)")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output (atomically)")
+    appending = pred.add_argument_group(
+        "appending (continuous recognition)",
+        "Both write PREDICTIONS as parts batch=N/ (one rename each) with source_key, model_version and "
+        "predicted_at on every row.")
+    appending.add_argument("--incremental", action="store_true",
+                           help="predict only files this model version has not predicted into PREDICTIONS yet "
+                           "(keyed by path, size and modification time; a rerun with nothing new writes nothing)")
+    appending.add_argument("--hash", action="store_true",
+                           help="with --incremental: key files by a SHA-256 of their bytes instead of size and time")
+    appending.add_argument("--stream", action="store_true",
+                           help="Structured Streaming: keep predicting new files as they land under SRC, exactly "
+                           "once across restarts")
+    appending.add_argument("--checkpoint", default=None, metavar="DIR",
+                           help="with --stream: Spark's checkpoint (which files each micro-batch holds)")
+    appending.add_argument("--trigger", default="available-now",
+                           help="with --stream: processing-time=10s (run until Ctrl-C/SIGTERM), once, or "
+                           "available-now (default: everything present now, then stop)")
+    appending.add_argument("--max-files-per-trigger", type=int, default=None, metavar="N",
+                           help="with --stream: at most N files per micro-batch")
+    appending.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                           help="with --stream: stop after this long (between micro-batches)")
     _add_common_model_options(pred, "what the model was fitted with")
     add_detection_options(pred)
     add_source_options(pred)

@@ -20,6 +20,9 @@ prediction     string          the most probable class; null when ``error`` is s
 probability    array<double>   one value per class in the model card's ``labels``
                                order (``labels.txt``); null when ``error`` is set
 error          string          null, or ``"<kind>: <detail>"`` (from ingest or model)
+model_version  string          the model directory's digest
+                               (:func:`~sparkvision.models.model_dir.model_digest`)
+predicted_at   timestamp       when the row was predicted (the job's start, UTC)
 =============  ==============  ====================================================
 
 A detector model directory (card kind ``detector``, from ``sparkvision train --task
@@ -29,6 +32,11 @@ contract's ``prediction``/``probability`` are replaced by ``boxes``:
 
 Every input row appears exactly once; this is checked (row count and per-path
 multiplicity) on the written files before they are moved into place.
+
+Appended outputs (``predict --incremental`` here, ``predict --stream`` in
+:mod:`sparkvision.inference.stream`) are a Parquet table of parts ``OUT/batch=N/``, each
+added in one rename, with one more column, ``source_key``: what identifies the input
+file's version (``<size>:<mtime ms>``, or ``sha256:<hex>`` of its bytes).
 """
 
 from __future__ import annotations
@@ -45,10 +53,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
 from sparkvision import storage
+from sparkvision.config import IngestSettings
 from sparkvision.detection.postprocess import DecodeSettings
 from sparkvision.io.image_source import as_model_frame
-from sparkvision.io.schema import ERROR, LABEL, PATH
-from sparkvision.models.model_dir import ModelCard, load_card
+from sparkvision.io.schema import CONTENT, ERROR, LABEL, PATH
+from sparkvision.models.model_dir import ModelCard, load_card, model_digest
 from sparkvision.progress import spark_progress
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,10 @@ PREDICTIONS_SCHEMA = StructType([
     StructField(ERROR, StringType(), True),
 ])
 PREDICTION_COLUMNS = [f.name for f in PREDICTIONS_SCHEMA.fields]
+#: Lineage, on every written row: which model predicted it, and when.
+MODEL_VERSION, PREDICTED_AT = "model_version", "predicted_at"
+#: Appended outputs only: the input file's version (see the module docstring), and the part.
+SOURCE_KEY, BATCH = "source_key", "batch"
 
 
 def _detections_schema() -> StructType:
@@ -79,6 +92,10 @@ PREDICTIONS_MARKER = "_sparkvision_predictions.json"
 
 class PredictionCheckError(RuntimeError):
     """The written predictions do not hold every input row exactly once."""
+
+
+class AppendedOutputError(ValueError):
+    """An output directory cannot take appended parts (another layout, or another kind of model)."""
 
 
 @dataclass
@@ -106,13 +123,30 @@ class LoadedModel:
         """The model's columns added; a frame of ``spark.read.format("image")`` is read through its struct."""
         return self.transformer.transform(as_model_frame(frame))
 
-    def predictions(self, frame: DataFrame) -> DataFrame:
-        """Only the contract's columns (``label`` null when ``frame`` has none)."""
+    @property
+    def version(self) -> str:
+        """The ``model_version`` written on every row (computed once)."""
+        if not hasattr(self, "_version"):
+            self._version = model_digest(self.model_dir)
+        return self._version
+
+    def predictions(self, frame: DataFrame, keep: tuple[str, ...] = ()) -> DataFrame:
+        """Only the contract's columns (``label`` null when ``frame`` has none), and ``keep``."""
         frame = as_model_frame(frame)
         if LABEL not in frame.columns:
             frame = frame.withColumn(LABEL, F.lit(None).cast(StringType()))
         out = self.transform(frame)
-        return out.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in self.schema.fields])
+        return out.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in self.schema.fields], *keep)
+
+    def written(self, frame: DataFrame, keep: tuple[str, ...] = ()) -> DataFrame:
+        """:meth:`predictions` with the lineage columns every written row carries."""
+        return self.predictions(frame, keep).withColumn(MODEL_VERSION, F.lit(self.version)) \
+            .withColumn(PREDICTED_AT, F.current_timestamp())
+
+    def marker(self, **extra: Any) -> str:
+        """The JSON written next to the predictions (see :data:`PREDICTIONS_MARKER`)."""
+        return json.dumps({"model": str(self.model_dir), "kind": self.card.kind, "labels": self.labels,
+                           MODEL_VERSION: self.version, **extra}, indent=2)
 
 
 def load_model(model_dir: str | Path, batch_size: int | None = None, detection: DecodeSettings | None = None,
@@ -164,6 +198,11 @@ class PredictSummary:
     #: Detectors only: boxes written, in all and per class.
     boxes: int | None = None
     boxes_per_class: dict[str, int] | None = None
+    model_version: str = ""
+    #: Appended outputs only: the part written (None when nothing was new), and the
+    #: input rows skipped because this model version already predicted them.
+    batch: int | None = None
+    skipped: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,7 +252,7 @@ def predict(
     """
     model = load_model(model_dir, batch_size, detection, tta)
     frame = as_model_frame(frame)  # Spark's image source: path from each image's origin
-    predictions = model.predictions(frame)
+    predictions = model.written(frame)
     with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "predict"):
             predictions.write.mode("errorifexists").parquet(staging)
@@ -222,9 +261,121 @@ def predict(
             rows = check_every_row_once(frame.select(PATH), written.select(PATH))
         summary = _summarize(written, rows)
         # `evaluate` reads the probability order from here when it is not given --model.
-        storage.write_text(staging.rstrip("/") + "/" + PREDICTIONS_MARKER, json.dumps(
-            {"model": str(model.model_dir), "kind": model.card.kind, "labels": model.labels}, indent=2), spark)
-    return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, **summary)
+        storage.write_text(staging.rstrip("/") + "/" + PREDICTIONS_MARKER, model.marker(), spark)
+    return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, model_version=model.version,
+                          **summary)
+
+
+class _NothingNew(Exception):
+    """Raised inside a part's staging to drop it: every input row was predicted before."""
+
+
+def predict_incremental(
+    spark: SparkSession,
+    model_dir: str | Path,
+    frame: DataFrame,
+    out: str,
+    source: str | None = None,
+    ingest: IngestSettings | None = None,
+    glob: str | None = None,
+    key: str = "auto",
+    batch_size: int | None = None,
+    detection: DecodeSettings | None = None,
+    tta: str | None = None,
+) -> PredictSummary:
+    """Predict only the rows of ``frame`` that this model version has not predicted into ``out`` yet.
+
+    ``out`` is an appended table (``OUT/batch=N/``); the new rows become the next part,
+    checked to hold each of them exactly once and added in one rename. A row is known
+    when ``out`` holds its path with the same ``source_key`` and ``model_version``: a
+    changed file, or a new model, predicts again. ``key``: ``stat`` (size and
+    modification time, listed by Spark without opening files; needs ``source``, a
+    folder or Hadoop URI), ``hash`` (SHA-256 of the bytes) or ``auto`` (``stat`` when
+    ``source`` is given, else ``hash``). With nothing new, nothing is written.
+    """
+    if key not in ("auto", "stat", "hash"):
+        raise ValueError(f"key must be auto, stat or hash, not {key!r}")
+    if key == "stat" and source is None:
+        raise ValueError("key 'stat' needs the source folder or URI to list sizes and modification times")
+    model = load_model(model_dir, batch_size, detection, tta)
+    frame = with_source_key(spark, as_model_frame(frame), source if key in ("auto", "stat") else None,
+                            ingest, glob)
+    known = appended_rows(spark, out, model)
+    todo = frame
+    if known is not None:
+        todo = frame.join(known.where(F.col(MODEL_VERSION) == model.version).select(PATH, SOURCE_KEY).distinct(),
+                          [PATH, SOURCE_KEY], "left_anti")
+    batch = next_batch(spark, out)
+    summary: dict[str, Any] | None = None
+    try:
+        with storage.atomic_dir(f"{out.rstrip('/')}/{BATCH}={batch}", spark) as staging:
+            with spark_progress(spark, "predict"):
+                model.written(todo, keep=(SOURCE_KEY,)).write.parquet(staging)
+            written = spark.read.parquet(staging)
+            if written.limit(1).count() == 0:
+                raise _NothingNew
+            with spark_progress(spark, "check"):
+                rows = check_every_row_once(todo.select(PATH), written.select(PATH))
+            summary = _summarize(written, rows)
+        storage.write_text(f"{out.rstrip('/')}/{PREDICTIONS_MARKER}", model.marker(layout="appended"), spark)
+    except _NothingNew:
+        log.info("nothing new under the source for model %s: %s unchanged", model.version, out)
+    with spark_progress(spark, "count"):
+        total = frame.count()
+    written_rows = summary["rows"] if summary else 0
+    summary = summary or {"rows": 0, "predicted": 0, "errors": 0}
+    return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, model_version=model.version,
+                          batch=batch if written_rows else None, skipped=total - written_rows, **summary)
+
+
+def with_source_key(spark: SparkSession, frame: DataFrame, source: str | None,
+                    ingest: IngestSettings | None = None, glob: str | None = None) -> DataFrame:
+    """``frame`` with ``source_key``: ``<size>:<mtime ms>`` listed from ``source``, or ``sha256:<hex>`` of the bytes.
+
+    Files Spark's listing does not show (empty, unreadable, names Java cannot hold) are
+    keyed by their error, so a rerun does not predict them again until they change.
+    """
+    if source is None:
+        digest = F.concat(F.lit("sha256:"), F.sha2(F.col(CONTENT), 256))
+        return frame.withColumn(SOURCE_KEY, F.coalesce(digest, F.concat(F.lit("unread:"), F.col(ERROR))))
+    from sparkvision.io.sources import binary_file_reader
+
+    ingest = ingest or IngestSettings()
+    root = storage.qualify(spark, source).rstrip("/")
+    listing = binary_file_reader(spark.read, root, ingest, glob).load(source).select(
+        PATH, F.concat_ws(":", F.col("length"), F.unix_millis(F.col("modificationTime"))).alias("_stat"))
+    unlisted = F.concat(F.lit("unlisted:"), F.coalesce(F.col(ERROR), F.lit("")))
+    return frame.join(listing, PATH, "left").withColumn(SOURCE_KEY, F.coalesce(F.col("_stat"), unlisted)).drop("_stat")
+
+
+def appended_rows(spark: SparkSession, out: str, model: LoadedModel) -> DataFrame | None:
+    """The rows already in appended output ``out`` (None when it does not exist yet); refuses another layout."""
+    if not storage.exists(out, spark):
+        return None
+    marker = f"{out.rstrip('/')}/{PREDICTIONS_MARKER}"
+    found = json.loads(storage.read_text(marker, spark)) if storage.exists(marker, spark) else {}
+    if found.get("layout") != "appended":
+        raise AppendedOutputError(
+            f"{out} exists and is not an appended predictions table (it was written by a full predict, or is "
+            "something else); give a new --out")
+    if found.get("checkpoint"):
+        raise AppendedOutputError(f"{out} is written by a stream (checkpoint {found['checkpoint']}), whose micro-batch "
+                                  "ids name its parts; give --incremental a new --out")
+    if found.get("kind", model.card.kind) != model.card.kind and "detector" in (found.get("kind"), model.card.kind):
+        raise AppendedOutputError(f"{out} holds {found['kind']} predictions; a {model.card.kind} model cannot append "
+                                  "to it (its columns differ)")
+    if not [name for name in storage.list_dir(out, spark) if name.startswith(f"{BATCH}=")]:
+        return None
+    return spark.read.parquet(out)
+
+
+def next_batch(spark: SparkSession, out: str) -> int:
+    """The number of the next part of appended output ``out``: one more than the largest."""
+    if not storage.exists(out, spark):
+        return 0
+    numbers = [int(name.split("=", 1)[1]) for name in storage.list_dir(out, spark)
+               if name.startswith(f"{BATCH}=") and name.split("=", 1)[1].isdigit()]
+    return max(numbers, default=-1) + 1
 
 
 def probability_labels(spark: SparkSession, predictions: str,

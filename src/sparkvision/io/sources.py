@@ -22,7 +22,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -258,7 +258,7 @@ def _label_of(path: str, root: str) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-def _glob_base(uri: str) -> str:
+def glob_base(uri: str) -> str:
     """The folder above the first glob component of a Hadoop path (``s3a://b/photos/*/2024`` -> ``s3a://b/photos``)."""
     parts = uri.rstrip("/").split("/")
     for i, part in enumerate(parts):
@@ -283,7 +283,7 @@ def _unscanned_error(path: str) -> str:
     return ImageError(ErrorKind.EMPTY_FILE, "the file has 0 bytes").message
 
 
-def _describe_binary_batches(
+def describe_binary_batches(
     batches: Iterator[pd.DataFrame], root: str, max_bytes: int, decode: DecodeSettings, probe: ProbeLevel
 ) -> Iterator[pd.DataFrame]:
     for batch in batches:
@@ -329,12 +329,27 @@ def read_binary_files(
     """
     ingest = ingest or IngestSettings()
     decode = decode or DecodeSettings()
-    base = _glob_base(uri)
+    base = glob_base(uri)
     root = storage.qualify(spark, base).rstrip("/")  # labels are the first folder below it
     if not storage.exists(root, spark):
         raise FileNotFoundError(f"{base!r} does not exist")
+    files = binary_file_reader(spark.read, root, ingest, glob).load(uri)
+    listed = wanted_paths((storage.spark_path(u) for u in files.inputFiles()), root, ingest)
+    log.info("Spark listed %d files under %s", len(listed), root)
+    frame = describe_scan(spark, listed, files, root, ingest, decode, probe)
+    if storage.scheme(root) == "file" and base == uri:
+        unseen = _unseen_local_files(root, set(listed), ingest, glob)
+        if len(unseen):
+            log.warning("%d files under %s are invisible to Hadoop (dangling links, names that are not UTF-8); "
+                        "reading them in Python", len(unseen), root)
+            frame = frame.unionByName(_read_listing(spark, unseen, ingest, decode, probe))
+    return frame
+
+
+def binary_file_reader(reader, root: str, ingest: IngestSettings, glob: str | None = None):
+    """``reader`` (``spark.read`` or ``spark.readStream``) set up for the ``binaryFile`` format as sparkvision reads it."""
     reader = (
-        spark.read.format("binaryFile")
+        reader.format("binaryFile")
         # Always recursive: without it Spark infers partition columns from 'key=value' folders.
         .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", glob or _case_insensitive_glob(ingest.extensions))
@@ -347,26 +362,32 @@ def read_binary_files(
         reader = reader.option("fs.file.impl", "org.apache.hadoop.fs.RawLocalFileSystem").option(
             "fs.file.impl.disable.cache", "true"
         )
-    files = reader.load(uri)
-    listed = [storage.spark_path(u) for u in files.inputFiles()]
+    return reader
+
+
+def wanted_paths(paths: Iterable[str], root: str, ingest: IngestSettings) -> list[str]:
+    """Listed paths (as Spark's scans print them) that ``ingest`` reads: its extensions, and depth."""
     pattern = re.compile("(" + "|".join(re.escape(e) for e in ingest.extensions) + ")$", re.IGNORECASE)
-    listed = sorted({p for p in listed if pattern.search(p) and _depth_ok(p, root, ingest.recursive)})
-    log.info("Spark listed %d files under %s", len(listed), root)
+    return sorted({p for p in paths if pattern.search(p) and _depth_ok(p, root, ingest.recursive)})
+
+
+def describe_scan(
+    spark: SparkSession, listed: list[str], files: DataFrame, root: str, ingest: IngestSettings,
+    decode: DecodeSettings, probe: ProbeLevel,
+) -> DataFrame:
+    """IMAGE_SCHEMA rows for every ``listed`` path, from a ``binaryFile`` scan ``files`` (batch or micro-batch).
+
+    The listing drives: a listed file the scan skipped (empty, unreadable, too large)
+    is still a row, with its error.
+    """
     listing = spark.createDataFrame(pd.DataFrame({"path": listed}, dtype=object), "path string")
     lengths = files.select("path", "length")  # file status only: nothing is opened
     contents = files.where(F.col("length") <= ingest.max_file_bytes).select("path", "content")
     joined = listing.join(lengths, "path", "left").join(contents, "path", "left")
-    frame = joined.mapInPandas(
-        partial(_describe_binary_batches, root=root, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe),
+    return joined.mapInPandas(
+        partial(describe_binary_batches, root=root, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe),
         IMAGE_SCHEMA,
     )
-    if storage.scheme(root) == "file" and base == uri:
-        unseen = _unseen_local_files(root, set(listed), ingest, glob)
-        if len(unseen):
-            log.warning("%d files under %s are invisible to Hadoop (dangling links, names that are not UTF-8); "
-                        "reading them in Python", len(unseen), root)
-            frame = frame.unionByName(_read_listing(spark, unseen, ingest, decode, probe))
-    return frame
 
 
 def _unseen_local_files(root: str, listed: set[str], ingest: IngestSettings, glob: str | None) -> pd.DataFrame:

@@ -20,6 +20,7 @@ of every ``probability`` vector the model produces.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -114,3 +115,33 @@ def onnx_path(model_dir: str | Path, card: ModelCard | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"model {model_dir} names {card.onnx} but the file is missing")
     return path
+
+
+#: Card fields that change what a model predicts; the rest (metrics, provenance, dates) do not.
+_PREDICTIVE_CARD_FIELDS = ("kind", "labels", "preprocess", "architecture", "onnx", "spark_pipeline", "tta")
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """A short content digest of what a model directory predicts with: its ``model_version``.
+
+    Covers the card's predictive fields, ``model.onnx`` and the Spark pipeline's files, so
+    two directories that predict alike share it and retraining changes it. Metrics,
+    checkpoints, curves and reports do not count.
+    """
+    model_dir = Path(model_dir)
+    card = load_card(model_dir)
+    digest = hashlib.sha256()
+    fields = {name: value for name, value in card.to_dict().items() if name in _PREDICTIVE_CARD_FIELDS}
+    digest.update(json.dumps(fields, sort_keys=True).encode("utf-8"))
+    files: list[Path] = []
+    if card.onnx and (model_dir / card.onnx).is_file():
+        files.append(model_dir / card.onnx)
+    if card.spark_pipeline and (model_dir / card.spark_pipeline).is_dir():
+        files.extend(sorted(p for p in (model_dir / card.spark_pipeline).rglob("*")
+                            if p.is_file() and not p.name.startswith((".", "_"))))
+    for path in files:
+        digest.update(path.relative_to(model_dir).as_posix().encode("utf-8") + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
