@@ -248,3 +248,17 @@ def test_stream_killed_mid_batch_and_restarted_loses_and_duplicates_nothing(spar
     assert _paths_in(spark, out) == Counter(expected)  # nothing lost, nothing twice
     assert spark.read.parquet(str(out)).where("error IS NOT NULL").count() == 3
     assert not list(out.glob(".batch=*"))  # the killed run's staged part was cleared
+
+
+def test_predict_append_options_are_checked_before_spark_runs(caplog, imagenet_model_dir, tmp_path):
+    from conftest import assert_usage_errors
+
+    base = ["predict", "--model", imagenet_model_dir, "--input", tmp_path, "--out", tmp_path / "out"]
+    assert_usage_errors(caplog, [
+        ([*base, "--stream", "--incremental", "--checkpoint", tmp_path / "ck"], "choose one"),
+        ([*base, "--stream"], "--stream needs --checkpoint"),
+        ([*base, "--incremental", "--overwrite"], "append to it"),
+        ([*base, "--stream", "--checkpoint", tmp_path / "ck", "--trigger", "every 5s"], "unknown trigger"),
+        ([*base, "--trigger", "once"], "apply to --stream"),
+        ([*base, "--hash"], "--hash applies to --incremental"),
+    ])
