@@ -262,3 +262,29 @@ def test_predict_append_options_are_checked_before_spark_runs(caplog, imagenet_m
         ([*base, "--trigger", "once"], "apply to --stream"),
         ([*base, "--hash"], "--hash applies to --incremental"),
     ])
+
+
+def test_stream_runs_a_detector_like_batch_predict(spark, tmp_path):
+    from detection_helpers import detector_model_dir, scene_png
+
+    src = tmp_path / "scenes"
+    src.mkdir()
+    for index in range(2):
+        (src / f"scene{index}.png").write_bytes(scene_png(index))
+    (src / "broken.png").write_bytes(scene_png(0)[:200])
+    model = detector_model_dir()
+    summary = predict_stream(spark, model, str(src), str(tmp_path / "out"), str(tmp_path / "ck"),
+                             max_files_per_trigger=2)
+    assert (summary.kind, summary.rows, summary.errors, summary.batches) == ("detector", 3, 1, 2)
+    full = tmp_path / "full"
+    predict(spark, model, load_images(spark, str(src), probe="header"), str(full))
+
+    def boxes(path: Path) -> dict:
+        return {r["path"]: (r["error"] is None, sorted(b["label"] for b in (r["boxes"] or [])))
+                for r in spark.read.parquet(str(path)).collect()}
+
+    streamed = boxes(tmp_path / "out")
+    assert streamed == boxes(full) and summary.boxes == sum(len(v[1]) for v in streamed.values()) > 0
+    ok, labels = streamed[f"file:{src / 'scene0.png'}"]
+    assert ok and set(labels) == {"green", "red"}  # default thresholds keep several boxes per object
+    assert streamed[f"file:{src / 'broken.png'}"] == (False, [])
