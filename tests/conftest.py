@@ -13,6 +13,8 @@ IMAGENETTE = SHARED_DATA / "imagenette-mini"
 
 # Exported ONNX graphs are cached per checkout, not in the user's home.
 os.environ.setdefault("SPARKVISION_CACHE", str(ROOT / ".cache" / "sparkvision"))
+# MLflow's usage telemetry would try to reach the internet from every process that logs.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(scope="session")

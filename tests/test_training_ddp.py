@@ -150,7 +150,10 @@ def _run_on_a_terminal(cmd: list[str], timeout: float = 600) -> tuple[int, str, 
 @pytest.fixture(scope="module")
 def uninterrupted(digits_ds, tmp_path_factory) -> tuple[Path, dict, str]:
     out = tmp_path_factory.mktemp("runs") / "a"
-    code, stdout, terminal = _run_on_a_terminal(_train_cmd(digits_ds, out))
+    # Logged to MLflow as well (test_train_logs_every_epoch_to_mlflow): a sqlite store beside the model.
+    tracking = f"sqlite:///{out.parent / 'mlflow.db'}"
+    code, stdout, terminal = _run_on_a_terminal(_train_cmd(digits_ds, out, "--mlflow", tracking,
+                                                           "--mlflow-register", "digits"))
     assert code == 0, terminal[-3000:]
     return out, json.loads(stdout), terminal
 
@@ -182,6 +185,35 @@ def test_cli_train_end_to_end(uninterrupted):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "epoch-0003.pt", "epoch-0004.pt"]
     assert not (out / ".work").exists()
+
+
+def test_train_logs_every_epoch_to_mlflow(uninterrupted):
+    """``train --mlflow``: params, the curves per epoch, the card and curves as artifacts, a registered model."""
+    import csv
+
+    mlflow = pytest.importorskip("mlflow")
+    out, result, _ = uninterrupted
+    uri = result["mlflow"]["tracking_uri"]
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    run = client.get_run(result["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sparkvision.command"] == "train"
+    assert run.data.params["arch"] == "smallcnn" and run.data.params["epochs"] == "4"
+    assert run.data.params["lr"] == "0.05" and len(run.data.params["model.version"]) == 16
+    assert run.data.metrics["metrics.val_top1"] == pytest.approx(result["metrics"]["val_top1"])
+    with open(out / "curves.csv") as handle:
+        curves = list(csv.DictReader(handle))
+    for column in ("train_loss", "val_top1", "lr"):
+        history = client.get_metric_history(run.info.run_id, column)
+        assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == \
+            [(int(r["epoch"]), pytest.approx(float(r[column]))) for r in curves], column
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"sparkvision_model.json", "curves.csv", "curves.png"} <= artifacts
+    version = client.get_model_version("digits", result["mlflow"]["registered_model"]["version"])
+    assert version.run_id == run.info.run_id
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.models.Model.load(f"models:/digits/{version.version}")
+    assert model.flavors["sparkvision"]["kind"] == "onnx" and model.flavors["sparkvision"]["labels"] == 10
 
 
 def test_model_dirs_onnx_matches_the_torch_model(uninterrupted, digits_ds):

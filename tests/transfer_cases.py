@@ -69,3 +69,25 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -
         [sys.executable, "-m", "sparkvision.cli.main", *args, "--driver-memory", "1g"],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT,
     )
+
+
+def reference_predictions(model_dir: Path, imagenette: Path) -> dict:
+    """Two val photos per class and the bad files of :func:`bad_files`, and what ``sparkvision predict`` with
+    ``model_dir`` makes of them: ``{"photos": folder, "predictions": Parquet, "rows": {path: {prediction,
+    probability, error}}}``, built once per test run (the reference that the MLflow pyfunc and the SQL
+    functions are checked against)."""
+    import pandas as pd
+    from conftest import run_main
+    from run_cache import built_once
+
+    def build(out: Path) -> dict:
+        photos = photo_folder(imagenette, "val", out / "photos", sorted(IMAGENET_NAMES), per_class=2)
+        bad_files(photos, "tench")
+        code, printed = run_main("predict", "--model", model_dir, "--input", photos, "--out", out / "predictions")
+        assert code == 0, printed
+        rows = {r["path"]: {"prediction": r["prediction"], "error": r["error"],
+                            "probability": None if r["probability"] is None else [float(p) for p in r["probability"]]}
+                for r in pd.read_parquet(out / "predictions").to_dict("records")}
+        return {"photos": str(photos), "predictions": str(out / "predictions"), "rows": rows}
+
+    return built_once("reference-predictions", build)[1]

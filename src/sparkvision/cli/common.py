@@ -156,13 +156,29 @@ def emit(result: Any, summary: Callable[[Any], Summary] | None = None) -> None:
 
     JSON, exactly as scripts read it, unless stdout is a terminal and the command gave a
     ``summary``: then the few lines a person needs (key numbers, outputs, next command).
+    Under ``--mlflow`` the result is logged to the command's run first, and gains its id.
     """
+    from sparkvision.mlflow.tracking import record
+
+    run = record(result)
+    if run is not None:
+        result = {**result, "mlflow": run}
+        if summary is not None:
+            summary = _with_mlflow_fact(summary, run)
     if _json_output or summary is None:
         text = json.dumps(result, indent=2, sort_keys=False, default=str) + "\n"
     else:
         text = summary(result).render()
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _with_mlflow_fact(summary: Callable[[Any], Summary], run: dict[str, Any]) -> Callable[[Any], Summary]:
+    def with_fact(result: Any) -> Summary:
+        shown = summary(result)
+        model = f", model {run['model_uri']}" if run.get("model_uri") else ""
+        return replace(shown, facts=[*shown.facts, ("MLflow run", f"{run['run_id']} ({run['tracking_uri']}{model})")])
+    return with_fact
 
 
 def predictions_summary(r: dict[str, Any]) -> Summary:

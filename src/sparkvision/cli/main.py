@@ -25,6 +25,7 @@ from sparkvision.cli.common import (
     logging_options,
     spark_options,
 )
+from sparkvision.mlflow import tracking
 
 #: Command modules, in the order the help lists them (the order data flows).
 COMMAND_MODULES = [
@@ -33,6 +34,7 @@ COMMAND_MODULES = [
     "sparkvision.cli.transfer",
     "sparkvision.cli.train",
     "sparkvision.cli.detect",
+    "sparkvision.cli.sql",
     "sparkvision.cli.evaluate",
     "sparkvision.cli.drift",
     "sparkvision.cli.tiling",
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parents = {"spark": spark_options(), "logging": logging_options()}
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers, parents)
+    for name in tracking.TRACKED_COMMANDS:  # --mlflow: the run wraps the handler (see main)
+        tracking.add_options(subparsers.choices[name])
     return parser
 
 
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args)
     configure_output(args)
     try:
-        return int(args.handler(args) or 0)
+        with tracking.tracked_command(args):
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         log.error("interrupted")
         return ExitCode.INTERRUPTED

@@ -154,21 +154,32 @@ def _result_type(mapper: OutputMapper) -> StructType:
     return StructType([*mapper.fields, StructField("error", StringType(), True)])
 
 
-def make_udf(bc: Broadcast, spec: KernelSpec, counter: Accumulator | None) -> Callable[[Column], Column]:
-    """The scalar-iterator pandas UDF: bytes (or image structs) in, a struct of result columns and ``error`` out."""
+def make_udf(bc: Broadcast, spec: KernelSpec, counter: Accumulator | None,
+             field: str | None = None) -> Callable[[Column], Column]:
+    """The scalar-iterator pandas UDF: bytes (or image structs) in, a struct of result columns and ``error`` out
+    (only the result column ``field``, when given: what a SQL function returning a vector needs)."""
+    result_type = _result_type(spec.mapper)
+    if field is not None:
+        result_type = result_type[field].dataType
 
-    def run(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    def results(batches: Iterator[pd.Series]) -> Iterator[dict[str, list[Any]]]:
         runner = spec.runner(lambda: bc.value)  # its session is built on first use, the broadcast read then
         for contents in batches:
             columns = spec.mapper(runner, model_inputs(contents))
             if counter is not None:
                 counter.add(len(contents))
-            yield pd.DataFrame(columns)
+            yield columns
+
+    def run(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        return (pd.DataFrame(columns) for columns in results(batches))
+
+    def run_field(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        return (pd.Series(columns[field], dtype=object) for columns in results(batches))
 
     # Non-deterministic on purpose: otherwise the optimizer may push a filter on the
     # result (e.g. "error is null") below the projection by inlining the UDF into it,
     # and the CNN would run twice per row.
-    return pandas_udf(run, _result_type(spec.mapper)).asNondeterministic()  # type: ignore[call-overload]
+    return pandas_udf(run if field is None else run_field, result_type).asNondeterministic()  # type: ignore[call-overload]
 
 
 def run_model(
