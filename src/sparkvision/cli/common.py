@@ -176,7 +176,9 @@ def emit(result: Any, summary: Callable[[Any], Summary] | None = None) -> None:
 def _with_mlflow_fact(summary: Callable[[Any], Summary], run: dict[str, Any]) -> Callable[[Any], Summary]:
     def with_fact(result: Any) -> Summary:
         shown = summary(result)
-        model = f", model {run['model_uri']}" if run.get("model_uri") else ""
+        registered = run.get("registered_model")
+        model = (f", model models:/{registered['name']}/{registered['version']}" if registered
+                 else f", model {run['model_uri']}" if run.get("model_uri") else "")
         return replace(shown, facts=[*shown.facts, ("MLflow run", f"{run['run_id']} ({run['tracking_uri']}{model})")])
     return with_fact
 
