@@ -117,6 +117,8 @@ def describe_error(exc: BaseException) -> tuple[ExitCode, str]:
         cause = _java_root_cause(exc)
         code = ExitCode.INPUT if cause.startswith("java.io.FileNotFoundException") else ExitCode.FAILED
         return code, f"Spark job failed: {cause}"
+    if any(c.__name__ == "MlflowException" for c in type(exc).__mro__):  # --mlflow: a store it cannot use
+        return ExitCode.FAILED, f"MLflow: {_message(exc)}"
     if isinstance(exc, OSError | ValueError | KeyError | RuntimeError | ImageError | Image.DecompressionBombError):
         return ExitCode.FAILED, _message(exc)
     return ExitCode.FAILED, f"{type(exc).__name__}: {_message(exc)} (a bug? -v shows the traceback)"
