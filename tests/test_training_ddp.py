@@ -210,9 +210,12 @@ def test_train_logs_every_epoch_to_mlflow(uninterrupted):
     assert {"sparkvision_model.json", "curves.csv", "curves.png"} <= artifacts
     version = client.get_model_version("digits", result["mlflow"]["registered_model"]["version"])
     assert version.run_id == run.info.run_id
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    model = mlflow.models.Model.load(f"models:/digits/{version.version}")
+    from sparkvision.mlflow.tracking import restored_settings
+
+    with restored_settings():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        model = mlflow.models.Model.load(f"models:/digits/{version.version}")
     assert model.flavors["sparkvision"]["kind"] == "onnx" and model.flavors["sparkvision"]["labels"] == 10
 
 

@@ -19,8 +19,9 @@ command raises); :func:`record` logs the command's result when it is printed
   output's marker file.
 
 Where runs go: the URI after ``--mlflow``, else ``$MLFLOW_TRACKING_URI``, else
-``sqlite:///mlflow.db`` in the working directory (MLflow's own default, with artifacts
-under ``./mlruns``), which also holds the model registry. The experiment is
+``sqlite:///mlflow.db`` in the working directory (MLflow's own default), which also holds
+the model registry. An experiment this creates in a sqlite store keeps its artifacts in
+``mlruns/`` beside the database file, wherever the command runs. The experiment is
 ``--mlflow-experiment``, else ``$MLFLOW_EXPERIMENT_NAME``, else ``sparkvision``.
 """
 
@@ -80,6 +81,14 @@ def tracking_uri(args: argparse.Namespace) -> str | None:
     return None
 
 
+def artifacts_beside(uri: str) -> str | None:
+    """For a sqlite store, ``mlruns/`` beside the database file (MLflow would use the working directory's);
+    None (the store's own default) for any other."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent.joinpath("mlruns").as_uri()
+
+
 @dataclass
 class _Active:
     args: argparse.Namespace
@@ -94,7 +103,6 @@ _ACTIVE: _Active | None = None
 @contextlib.contextmanager
 def tracked_command(args: argparse.Namespace) -> Iterator[None]:
     """Run the command inside an MLflow run when asked to; a no-op (mlflow not imported) otherwise."""
-    global _ACTIVE
     uri = tracking_uri(args)
     if uri is None:
         yield
@@ -102,9 +110,23 @@ def tracked_command(args: argparse.Namespace) -> Iterator[None]:
     from sparkvision.mlflow import require_mlflow
 
     mlflow = require_mlflow()
-    previous = mlflow.get_tracking_uri()
+    with restored_settings():
+        with _run(mlflow, args, uri):
+            yield
+
+
+@contextlib.contextmanager
+def _run(mlflow: Any, args: argparse.Namespace, uri: str) -> Iterator[None]:
+    global _ACTIVE
+    from mlflow.exceptions import MlflowException
+
     mlflow.set_tracking_uri(uri)
     experiment = args.mlflow_experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    if mlflow.get_experiment_by_name(experiment) is None:
+        try:
+            mlflow.create_experiment(experiment, artifact_location=artifacts_beside(uri))
+        except MlflowException:  # created meanwhile by another command
+            pass
     mlflow.set_experiment(experiment)
     out = getattr(args, "out", None)
     from sparkvision import __version__
@@ -120,7 +142,33 @@ def tracked_command(args: argparse.Namespace) -> Iterator[None]:
     finally:
         _ACTIVE = None
         mlflow.end_run(status=status)
-        mlflow.set_tracking_uri(previous)  # a command run inside a program leaves its MLflow settings alone
+
+
+#: What MLflow copies its process-wide settings into, for its subprocesses to inherit.
+_SETTINGS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@contextlib.contextmanager
+def restored_settings() -> Iterator[None]:
+    """MLflow's process-wide settings as they were, afterwards: the tracking and registry URIs and the
+    active experiment (module globals that ``set_tracking_uri`` and ``set_experiment`` also copy into
+    environment variables). A command run inside a program, or a test, must not leave them changed:
+    a leaked ``MLFLOW_TRACKING_URI`` would turn logging on for every later command."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+    import mlflow.tracking.fluent as fluent
+
+    env = {name: os.environ.get(name) for name in _SETTINGS_ENV}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = saved
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def record(result: Any) -> dict[str, Any] | None:
