@@ -183,12 +183,31 @@ def _with_mlflow_fact(summary: Callable[[Any], Summary], run: dict[str, Any]) ->
     return with_fact
 
 
+def add_int8_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--int8`` and ``--int8-max-drop`` (fit, train, predict): ``what`` says what --int8 does there."""
+    from sparkvision.config import TransferSettings
+
+    parser.add_argument("--int8", action="store_true", help=what)
+    parser.add_argument("--int8-max-drop", type=float, default=None, metavar="POINTS",
+                        help=f"accuracy points int8 may cost (default {TransferSettings.int8_max_drop}); without "
+                        "labels, top-1 agreement with fp32 must be at least 1 - POINTS/100")
+
+
+def int8_facts(int8: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The int8 guard's verdict, for fit's, train's and predict's summaries."""
+    if not int8:
+        return []
+    from sparkvision.deploy.int8 import Int8Decision
+
+    return [("precision", Int8Decision(**int8).summary())]
+
+
 def predictions_summary(r: dict[str, Any]) -> Summary:
     """``predict`` and ``detect``: where the predictions went, what they hold, how to judge them."""
     boxes = f"{r['boxes']:,}: {fmt(r.get('boxes_per_class'))}" if r.get("boxes") is not None else None
     return Summary(
         f"predicted {r['rows']:,} rows into {r['out']}: {r['predicted']:,} predicted, {r['errors']:,} with errors",
         [("model", f"{r['model']} ({r['kind']})"), ("predicted classes", r["predicted_classes"] or None),
-         ("boxes", boxes), ("errors", r["error_kinds"] or None)],
+         ("boxes", boxes), ("errors", r["error_kinds"] or None), *int8_facts(r.get("int8"))],
         [f"sparkvision evaluate --predictions {r['out']} --out REPORT_DIR"] if boxes is None else [],
     )

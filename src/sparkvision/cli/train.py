@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from sparkvision.cli.common import Summary, UsageError, emit, spark_from_args
+from sparkvision.cli.common import Summary, UsageError, add_int8_options, emit, int8_facts, spark_from_args
 from sparkvision.cli.data import add_source_options, decode_settings, read_source
 from sparkvision.config.training import (
     ARCH_DEFAULTS,
@@ -166,6 +166,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.arch is not None and _features_only(args.arch):
         raise UsageError(f"{args.arch} gives hand-designed features only, with nothing to train and no classifier; "
                          f"fit one on them with 'sparkvision fit --backbone {args.arch}'")
+    if args.int8 and args.task == "detect":
+        raise UsageError("--int8 guards a classifier's accuracy; a detector is trained in fp32 (quantise it with "
+                         "'sparkvision optimize --int8' and judge its boxes yourself)")
+    if args.int8_max_drop is not None and not args.int8:
+        raise UsageError("--int8-max-drop applies to --int8")
     config = config_from_args(args)
     if args.val is None and config.data.val_fraction == 0:
         log.warning("no validation data (--val or --val-fraction): no early stopping, the last epoch is exported")
@@ -175,9 +180,30 @@ def _train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, decode=decode_settings(args),
         source_reader=lambda src: read_source(spark, args, src, probe="header"), task=args.task,
     )
+    if args.int8:
+        result.metrics["int8"] = _int8(spark, args, result.out)
     emit({"out": result.out, "labels": result.labels, "metrics": result.metrics,
           "curves": [{k: h[k] for k in h if k != "epoch_seconds"} for h in result.history]}, _train_summary)
     return 0
+
+
+def _int8(spark, args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
+    """``train --int8``: calibrate on training images, judge on --val (else on training-source rows after the
+    calibration ones), and keep int8 in model.onnx only if the guard passes."""
+    from sparkvision.config import MeasureSettings, QuantizeSettings, TransferSettings
+    from sparkvision.deploy.int8 import quantize_model_dir
+    from sparkvision.deploy.measure import sample_rows
+
+    quantize, measure = QuantizeSettings(), MeasureSettings()
+    train = read_source(spark, args, args.train, probe="header")
+    calibration = sample_rows(train, quantize.calibration_images, quantize.seed)
+    if args.val:
+        val = sample_rows(read_source(spark, args, args.val, probe="header"), measure.val_images, measure.seed)
+    else:
+        log.warning("--int8 without --val: judged on rows of --train after the calibration ones")
+        val = sample_rows(train, measure.val_images, quantize.seed, offset=len(calibration))
+    max_drop = args.int8_max_drop if args.int8_max_drop is not None else TransferSettings.int8_max_drop
+    return quantize_model_dir(model_dir, calibration, val, max_drop, quantize).to_dict()
 
 
 def _train_summary(r: dict[str, Any]) -> Summary:
@@ -187,7 +213,7 @@ def _train_summary(r: dict[str, Any]) -> Summary:
              for part in ("val", "test") if m.get(part + "_top1") is not None]
     facts += [("epochs", f"{m.get('epochs_run')} run, epoch {m.get('exported_epoch')} exported"
                + (" (stopped early)" if m.get("stopped_early") else "")),
-              ("train top-1", m.get("train_top1")), ("classes", len(r["labels"]))]
+              ("train top-1", m.get("train_top1")), ("classes", len(r["labels"])), *int8_facts(m.get("int8"))]
     return Summary(f"trained a model in {r['out']}", facts, [
         f"sparkvision predict --model {r['out']} --input SRC --out PREDICTIONS",
         f"sparkvision serve --model {r['out']}",
@@ -319,4 +345,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     aug.add_argument("--mixup", type=float, default=None, metavar="ALPHA", help="MixUp Beta(alpha, alpha)")
     aug.add_argument("--cutmix", type=float, default=None, metavar="ALPHA", help="CutMix Beta(alpha, alpha)")
     aug.add_argument("--eval-batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    add_int8_options(parser, "after training, quantise model.onnx to int8 (calibrated on training images) and keep "
+                     "it if its accuracy on --val stays within --int8-max-drop points of fp32's; otherwise keep "
+                     "fp32 and say why (both figures go into the model card)")
     parser.set_defaults(handler=_train)

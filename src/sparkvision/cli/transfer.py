@@ -11,7 +11,16 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from sparkvision.cli.common import Summary, UsageError, emit, fmt, predictions_summary, spark_from_args
+from sparkvision.cli.common import (
+    Summary,
+    UsageError,
+    add_int8_options,
+    emit,
+    fmt,
+    int8_facts,
+    predictions_summary,
+    spark_from_args,
+)
 from sparkvision.cli.data import add_source_options, decode_settings, ingest_settings, read_source
 from sparkvision.cli.detect import add_detection_options, detection_settings
 from sparkvision.cli.models import add_backbone_options, backbone_from_args
@@ -49,7 +58,7 @@ def _settings(args: argparse.Namespace) -> TransferSettings:
         overrides["model_name"] = backbone
     for flag, name in (("output", "output"), ("seed", "seed"),
                        ("val_fraction", "val_fraction"), ("batch_size", "batch_size"), ("folds", "grid_folds"),
-                       ("tta", "tta"), ("pca", "pca")):
+                       ("tta", "tta"), ("pca", "pca"), ("int8", "int8"), ("int8_max_drop", "int8_max_drop")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
@@ -91,6 +100,7 @@ def _fit_report(spark, args: argparse.Namespace, train_src: str, val_src: str | 
         "grid": model.grid_results,
         "model_selection": model.provenance.get("model_selection"),
         "validation": metrics_report(model.metrics),
+        "int8": model.metrics.get("int8"),
     }
 
 
@@ -196,7 +206,7 @@ def _fit_summary(r: dict[str, Any]) -> Summary:
     return Summary(
         f"fitted {r['classifier']} on {r['backbone']} features, {len(r['labels'])} classes: model in {r['model']}",
         [*_validation_facts(r["validation"]), ("classes", r["labels"]), *_pca_facts(r.get("pca")),
-         *_selection_facts(r.get("model_selection"))],
+         *_selection_facts(r.get("model_selection")), *int8_facts(r.get("int8"))],
         [f"sparkvision predict --model {r['model']} --input SRC --out PREDICTIONS"],
     )
 
@@ -231,7 +241,9 @@ def _predict(args: argparse.Namespace) -> int:
     from sparkvision.inference.predict import predict
 
     summary = predict(spark, args.model, frame, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
-                      detection=detection_settings(args), tta=args.tta)
+                      detection=detection_settings(args), tta=args.tta, int8=args.int8,
+                      int8_max_drop=args.int8_max_drop if args.int8_max_drop is not None
+                      else TransferSettings.int8_max_drop)
     emit(summary.to_dict(), predictions_summary)
     return 0
 
@@ -256,6 +268,11 @@ def _check_predict_modes(args: argparse.Namespace) -> None:
         raise UsageError("--checkpoint, --trigger, --max-files-per-trigger and --timeout apply to --stream")
     if args.hash and not args.incremental:
         raise UsageError("--hash applies to --incremental")
+    if args.int8 and (args.stream or args.incremental):
+        raise UsageError("--int8 quantises on a batch predict's input; for --stream and --incremental, fit the "
+                         "model with --int8 (or 'sparkvision optimize --int8') first")
+    if args.int8_max_drop is not None and not args.int8:
+        raise UsageError("--int8-max-drop applies to --int8")
     if args.stream:
         from sparkvision.inference.stream import parse_trigger
 
@@ -428,6 +445,9 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                      help="reduce the features to their K principal components (an MLlib PCA stage fitted on the "
                      "training features and saved in the pipeline) before the classifier; K from 1 to the "
                      "backbone's feature count (default: no PCA)")
+    add_int8_options(fit, "quantise the backbone to int8 (calibrated on training images) and keep it if the "
+                      "validation accuracy stays within --int8-max-drop points of fp32's; otherwise keep fp32 and "
+                      "say why (both figures go into the model card); predict, serve and tile then run it")
     fit.add_argument("--val-fraction", type=float, default=None, metavar="F",
                      help=f"share of each class held out when --val is absent (default {defaults.val_fraction})")
     fit.add_argument("--per-class", type=int, default=None, metavar="N",
@@ -461,6 +481,9 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     pred.add_argument("--input", required=True, metavar="SRC", help="images to classify")
     pred.add_argument("--out", required=True, metavar="PREDICTIONS", help="output Parquet directory (any Hadoop URI)")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output (atomically)")
+    add_int8_options(pred, "run an fp32 classifier quantised to int8 if it holds up: a sample of SRC calibrates it "
+                      "and other rows judge it against fp32 (their labels, else top-1 agreement); graph and verdict "
+                      "are cached by model digest; a refused int8 predicts in fp32 and says why")
     appending = pred.add_argument_group(
         "appending (continuous recognition)",
         "Both write PREDICTIONS as parts batch=N/ (one rename each) with source_key, model_version and "

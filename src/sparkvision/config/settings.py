@@ -355,6 +355,10 @@ class TransferSettings(Validated):
     #: Principal components the classifier learns from (an MLlib PCA stage fitted on the training
     #: features, kept in the saved pipeline); None: the backbone's features as they are.
     pca: int | None = None
+    #: Keep the backbone quantised to int8 (calibrated on training images) when the validation accuracy of
+    #: the int8 model is within ``int8_max_drop`` points of fp32's; otherwise keep fp32 and say why.
+    int8: bool = False
+    int8_max_drop: float = 0.5
     batch_size: int = FeaturizeSettings.batch_size
     seed: int = 42
     #: Share of each class held out for validation when no --val source is given.
@@ -409,6 +413,8 @@ class TransferSettings(Validated):
             raise ValueError(f"logreg_grid_reg must hold positive values, got {self.logreg_grid_reg!r}")
         if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, int) or self.pca < 1):
             raise ValueError(f"pca (--pca K) must be a positive number of components, got {self.pca!r}")
+        if self.int8_max_drop < 0:
+            raise ValueError(f"int8_max_drop (--int8-max-drop) must be >= 0 points, got {self.int8_max_drop!r}")
 
     def check_feature_count(self, num_features: int) -> None:
         """``pca`` must be at most the backbone's feature count, known once the backbone is resolved."""

@@ -56,14 +56,18 @@ class ImageSet:
 
 
 def read_image_rows(spark, src: str, limit: int, seed: int = 0, offset: int = 0) -> list[tuple[str, str | None, bytes]]:
-    """``limit`` rows (path, label, content) of SRC after skipping ``offset``, in a fixed
-    pseudo-random order (a hash of the path): a spread over every class, reproducible,
+    """``limit`` rows (path, label, content) of SRC after skipping ``offset``: :func:`sample_rows` of its images."""
+    from sparkvision.io import load_images
+
+    return sample_rows(load_images(spark, src, probe="header"), limit, seed, offset)
+
+
+def sample_rows(frame, limit: int, seed: int = 0, offset: int = 0) -> list[tuple[str, str | None, bytes]]:
+    """``limit`` rows (path, label, content) of an image frame without errors, after skipping ``offset``,
+    in a fixed pseudo-random order (a hash of the path): a spread over every class, reproducible,
     and without sorting the whole source (Spark keeps only the top rows per partition)."""
     from pyspark.sql import functions as F
 
-    from sparkvision.io import load_images
-
-    frame = load_images(spark, src, probe="header")
     ordered = (
         frame.where(F.col("error").isNull())
         .select("path", "label", "content")

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,61 @@ class LoadedModel:
             self._version = model_digest(self.model_dir)
         return self._version
 
+    def to_int8(self, frame: DataFrame, max_drop: float, seed: int = 0) -> Any:
+        """Run this classifier int8 (``predict --int8``) if the guard passes on a sample of ``frame``.
+
+        A sample of the rows calibrates the graph and other rows judge it against fp32 (accuracy where
+        they carry labels, else top-1 agreement): see :mod:`sparkvision.deploy.int8`. Graph and verdict
+        are cached by model digest, so later runs of the same model skip both. Returns the
+        :class:`~sparkvision.deploy.int8.Int8Decision`; a refused int8 leaves the model fp32.
+        """
+        from sparkvision.config import MeasureSettings, QuantizeSettings, cache_dir
+        from sparkvision.deploy.int8 import Int8Decision, judge
+        from sparkvision.deploy.measure import sample_rows, to_image_set
+
+        if self.is_detector:
+            raise ValueError(f"{self.model_dir} is a detector; int8 on the fly is for classifiers")
+        stage, fp32_graph = self._int8_stage()
+        if stage.getPrecision() == "int8":
+            return None  # fitted with --int8: already quantised and judged (its card holds the figures)
+        cached = cache_dir() / "int8" / f"model-{self.version}-{max_drop:g}"
+        decision_file, graph_file = cached.with_suffix(".json"), cached.with_suffix(".onnx")
+        if decision_file.exists():
+            decision = Int8Decision(**json.loads(decision_file.read_text(encoding="utf-8")))
+            if decision.accepted:
+                stage._embedded = replace(stage._fp32_source(), data=graph_file.read_bytes(), digest="",
+                                          precision="int8")
+                stage._set(precision="int8")
+            log.info("int8 verdict for this model cached in %s: %s", decision_file, decision.summary())
+        else:
+            quantize, measure = QuantizeSettings(seed=seed), MeasureSettings()
+            rows = sample_rows(frame, quantize.calibration_images + measure.val_images, seed)
+            n_cal = min(quantize.calibration_images, max(1, len(rows) // 2))
+            stage.calibrate([content for _, _, content in rows[:n_cal]], settings=quantize)
+            val = to_image_set(rows[n_cal:], stage.model_source().preprocess, "input rows after the calibration ones")
+            decision = judge(fp32_graph, self._int8_stage()[1], val, self.labels, stage.calibration_images, max_drop)
+            graph = stage.model_source().data
+            if not decision.accepted:
+                stage._embedded = None
+                stage._set(precision="fp32")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            storage.atomic_write(graph_file, graph)
+            storage.atomic_write(decision_file, json.dumps(decision.to_dict(), indent=2).encode())
+        if decision.accepted:
+            self._version = f"{self.version}-int8"
+        return decision
+
+    def _int8_stage(self) -> tuple[Any, bytes]:
+        """The stage whose graph int8 replaces, and the classifier graph it makes (fp32 until calibrated)."""
+        if self.card.kind == "onnx":
+            return self.transformer, self.transformer.model_source().data
+        from sparkvision.deploy.export import append_head, pipeline_parts
+        from sparkvision.ml.featurizer import ImageFeaturizer
+
+        stage = next(s for s in self.transformer.stages if isinstance(s, ImageFeaturizer))
+        parts = pipeline_parts(self.transformer)
+        return stage, append_head(stage.model_source().data, parts.feature_output, parts.head).SerializeToString()
+
     def predictions(self, frame: DataFrame, keep: tuple[str, ...] = ()) -> DataFrame:
         """Only the contract's columns (``label`` null when ``frame`` has none), and ``keep``."""
         frame = as_model_frame(frame)
@@ -203,6 +258,8 @@ class PredictSummary:
     #: input rows skipped because this model version already predicted them.
     batch: int | None = None
     skipped: int | None = None
+    #: ``predict --int8``: the guard's verdict (:class:`~sparkvision.deploy.int8.Int8Decision`).
+    int8: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,14 +301,18 @@ def predict(
     batch_size: int | None = None,
     detection: DecodeSettings | None = None,
     tta: str | None = None,
+    int8: bool = False,
+    int8_max_drop: float = 0.5,
 ) -> PredictSummary:
     """Write ``frame``'s predictions to ``out`` (Parquet), all or nothing.
 
     The output is staged, checked to hold every input row exactly once, and only then
-    renamed into place; an existing ``out`` is refused unless ``overwrite``.
+    renamed into place; an existing ``out`` is refused unless ``overwrite``. ``int8``
+    quantises an fp32 classifier on the fly under the accuracy guard (:meth:`LoadedModel.to_int8`).
     """
     model = load_model(model_dir, batch_size, detection, tta)
     frame = as_model_frame(frame)  # Spark's image source: path from each image's origin
+    decision = model.to_int8(frame, int8_max_drop) if int8 else None
     predictions = model.written(frame)
     with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "predict"):
@@ -263,7 +324,7 @@ def predict(
         # `evaluate` reads the probability order from here when it is not given --model.
         storage.write_text(staging.rstrip("/") + "/" + PREDICTIONS_MARKER, model.marker(), spark)
     return PredictSummary(out=out, model=str(model.model_dir), kind=model.card.kind, model_version=model.version,
-                          **summary)
+                          int8=decision.to_dict() if decision is not None else None, **summary)
 
 
 class _NothingNew(Exception):

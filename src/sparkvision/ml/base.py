@@ -11,10 +11,12 @@ sparkvision to load, even in a process where the model was never registered.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from pyspark import Accumulator
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -25,9 +27,12 @@ from pyspark.ml.util import (
     DefaultParamsWritable,
     DefaultParamsWriter,
 )
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
-from sparkvision.models.runner import TTA_MODES, ModelSource
+from sparkvision.config import QuantizeSettings
+from sparkvision.models.runner import PRECISIONS, TTA_MODES, ModelSource
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_METADATA = "embeddedModel"
 EMBEDDED_DIR = "onnx"
@@ -37,6 +42,47 @@ def keyword_defaults(function: Callable[..., Any]) -> dict[str, Any]:
     """The defaults of ``function``'s keyword-only parameters (through ``@keyword_only``'s wrapper)."""
     return {name: p.default for name, p in inspect.signature(function).parameters.items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+
+class NotCalibratedError(ValueError):
+    """An int8 stage has no calibrated graph yet."""
+
+    def __init__(self, stage: Any) -> None:
+        super().__init__(f"{type(stage).__name__}: precision='int8' needs calibrating: call calibrate(images), "
+                         "or transform a DataFrame (a sample of it calibrates)")
+
+
+def calibration_tensor(images: Any, source: ModelSource, input_col: str, limit: int, seed: int = 0) -> np.ndarray:
+    """Preprocessed float32 NCHW calibration images from a DataFrame's ``input_col``, bytes, or a tensor."""
+    from sparkvision.preprocess import ImagePreprocessor
+
+    if isinstance(images, np.ndarray):
+        return np.ascontiguousarray(images, dtype=np.float32)
+    if isinstance(images, DataFrame):
+        values = _sample_inputs(images, input_col, limit, seed)
+    else:
+        values = list(images)[:limit]
+    batch = ImagePreprocessor(source.preprocess)(values)
+    if not len(batch.tensor):
+        raise ValueError("no decodable calibration images")
+    return batch.tensor
+
+
+def _sample_inputs(frame: DataFrame, input_col: str, limit: int, seed: int) -> list[Any]:
+    """At most ``limit`` model inputs of ``frame`` (rows without errors), in a seeded hash order."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from sparkvision.io.image_source import is_image_struct, ocv_images
+    from sparkvision.io.schema import ERROR, PATH
+
+    if ERROR in frame.columns:
+        frame = frame.where(F.col(ERROR).isNull())
+    order = F.xxhash64(F.col(PATH) if PATH in frame.columns else F.col(input_col), F.lit(seed))
+    rows = frame.where(F.col(input_col).isNotNull()).select(input_col).orderBy(order).limit(limit).collect()
+    if is_image_struct(frame.schema[input_col].dataType):
+        return ocv_images(pd.DataFrame([r[0].asDict() for r in rows])) if rows else []
+    return [bytes(r[0]) for r in rows]
 
 
 class HasBatchSize(Params):
@@ -83,6 +129,18 @@ class HasTta(Params):
         return self.getOrDefault(self.tta)
 
 
+class HasPrecision(Params):
+    precision: Param[str] = Param(
+        Params._dummy(), "precision",
+        "'fp32', or 'int8': the graph quantised (static QDQ, per-channel weights) and calibrated on the images "
+        "given to calibrate(), else on a sample of the first frame transformed (sparkvision.deploy.int8)",
+        typeConverter=TypeConverters.toString,
+    )
+
+    def getPrecision(self) -> str:
+        return self.getOrDefault(self.precision)
+
+
 class HasEmbedModel(Params):
     embedModel: Param[bool] = Param(
         Params._dummy(), "embedModel",
@@ -108,6 +166,8 @@ class OnnxImageTransformer(
     def __init__(self) -> None:
         super().__init__()
         self._embedded: ModelSource | None = None
+        #: Images the int8 graph was calibrated on (0: not calibrated in this process).
+        self.calibration_images = 0
         self._counter: Accumulator | None = None
         self._counter_app: str | None = None
 
@@ -128,6 +188,8 @@ class OnnxImageTransformer(
             raise ValueError(f"batchSize must be >= 1, got {kwargs['batchSize']!r}")
         if "tta" in kwargs and kwargs["tta"] not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {kwargs['tta']!r}")
+        if "precision" in kwargs and kwargs["precision"] not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {kwargs['precision']!r}")
         return self._set(**kwargs)
 
     # ----- the model
@@ -140,11 +202,53 @@ class OnnxImageTransformer(
     def _source_name(self) -> str:
         raise NotImplementedError
 
+    def _precision(self) -> str:
+        return self.getPrecision() if self.hasParam("precision") else "fp32"
+
     def model_source(self) -> ModelSource:
-        """The ONNX graph this stage runs: the embedded one if it was loaded with one."""
-        if self._embedded is not None and self._embedded.name == self._source_name():
-            return self._embedded
+        """The ONNX graph this stage runs: the embedded one if it was loaded (or calibrated) with one."""
+        embedded = self._embedded
+        if embedded is not None and embedded.name == self._source_name():
+            if embedded.precision == self._precision():
+                return embedded
+            if embedded.precision == "fp32":  # a user's graph exists only embedded
+                raise NotCalibratedError(self)
+        if self._precision() == "int8":
+            raise NotCalibratedError(self)
         return self._resolve_source()
+
+    def calibrate(self, images: Any, limit: int | None = None, settings: QuantizeSettings | None = None):
+        """Quantise this stage's graph to int8, calibrated on ``images``, and set ``precision="int8"``.
+
+        ``images``: a DataFrame with this stage's ``inputCol`` (a seeded sample of at most
+        ``limit`` rows without errors is read), encoded images (bytes), or a float32 NCHW
+        tensor already preprocessed. The quantised graph is embedded when the stage is saved.
+        """
+        from sparkvision.deploy.int8 import quantize_source
+
+        settings = settings or QuantizeSettings()
+        fp32 = self._fp32_source()
+        tensor = calibration_tensor(images, fp32, self.getInputCol(), limit or settings.calibration_images,
+                                    settings.seed)
+        self._embedded = quantize_source(fp32, tensor, settings)
+        self.calibration_images = len(tensor)
+        self._set(precision="int8")
+        return self
+
+    def _fp32_source(self) -> ModelSource:
+        embedded = self._embedded
+        if embedded is not None and embedded.name == self._source_name() and embedded.precision == "fp32":
+            return embedded
+        return self._resolve_source()
+
+    def _prepared_source(self, dataset: DataFrame) -> ModelSource:
+        """``model_source()``, calibrating an int8 stage first on a sample of ``dataset`` if it never was."""
+        try:
+            return self.model_source()
+        except NotCalibratedError:
+            log.warning("%s: precision='int8' and never calibrated; calibrating on a sample of the frame it "
+                        "transforms", type(self).__name__)
+            return self.calibrate(dataset).model_source()
 
     # ----- observability
     def _rows_counter(self, spark: SparkSession) -> Accumulator:

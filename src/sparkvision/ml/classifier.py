@@ -382,7 +382,8 @@ class TransferModel:
             labels=list(self.labels),
             preprocess=self.preprocess,
             architecture=f"{self.settings.model_name} ({self.settings.output})"
-            f"{f' + PCA {self.settings.pca}' if self.settings.pca else ''} + MLlib {self.settings.classifier}",
+            f"{f' + PCA {self.settings.pca}' if self.settings.pca else ''} + MLlib {self.settings.classifier}"
+            f"{' (int8 backbone)' if self.provenance.get('precision') == 'int8' else ''}",
             onnx=None,
             spark_pipeline=SPARK_PIPELINE_DIR,
             tta=self.settings.tta,
@@ -495,6 +496,12 @@ def fit_transfer(
         ),
     ]
     pipeline = PipelineModel(stages=stages)
+    int8 = None
+    if settings.int8:
+        if val is None:
+            raise ValueError("int8 needs validation images to guard its accuracy against fp32")
+        pipeline, int8 = choose_precision(pipeline, train, val, labels, settings.int8_max_drop, settings.seed,
+                                          (provenance or {}).get("val_source", "validation images"))
     classifier_params = _describe_params(classifier_model, settings.classifier)
     model = TransferModel(
         pipeline=pipeline, labels=labels, preprocess=source.preprocess, settings=settings,
@@ -518,10 +525,44 @@ def fit_transfer(
         },
     )
     log.info("fitted %s in %.1f s", settings.classifier, time.perf_counter() - started)
+    if int8 is not None:
+        model.provenance["precision"] = int8.precision
     if val is not None:
         model.metrics, model.drift_profile = validate(model, val, (provenance or {}).get("val_source", "val"))
+        if int8 is not None:
+            model.metrics["int8"] = int8.to_dict()
         model.provenance["fit_seconds"] = round(time.perf_counter() - started, 1)
     return model
+
+
+def choose_precision(pipeline: PipelineModel, train: DataFrame, val: DataFrame, labels: list[str], max_drop: float,
+                     seed: int, val_source: str = "validation images") -> tuple[PipelineModel, Any]:
+    """``fit --int8``: the pipeline with its featurizer quantised (calibrated on training images) if the
+    int8 model's validation accuracy is within ``max_drop`` points of fp32's, else as it was; and the
+    :class:`~sparkvision.deploy.int8.Int8Decision` with both figures (measured on the exported graphs)."""
+    from sparkvision.config import MeasureSettings, QuantizeSettings
+    from sparkvision.deploy.export import NotExportableError, append_head, pipeline_parts
+    from sparkvision.deploy.int8 import judge, refused
+    from sparkvision.deploy.measure import sample_rows, to_image_set
+
+    try:
+        parts = pipeline_parts(pipeline)
+    except NotExportableError as exc:
+        return pipeline, refused(f"the int8 guard measures the exported graph, and this head has none ({exc})",
+                                 max_drop)
+    featurizer = next(stage for stage in pipeline.stages if isinstance(stage, ImageFeaturizer))
+    quantize = QuantizeSettings(seed=seed)
+    int8 = featurizer.copy().calibrate(train, settings=quantize)
+    rows = sample_rows(val, MeasureSettings().val_images, seed)
+    val_set = to_image_set(rows, featurizer.model_source().preprocess, val_source)
+    decision = judge(
+        append_head(parts.backbone, parts.feature_output, parts.head).SerializeToString(),
+        append_head(int8.model_source().data, parts.feature_output, parts.head).SerializeToString(),
+        val_set, labels, int8.calibration_images, max_drop,
+    )
+    if not decision.accepted:
+        return pipeline, decision
+    return PipelineModel(stages=[int8 if stage is featurizer else stage for stage in pipeline.stages]), decision
 
 
 def validate(model: TransferModel, val: DataFrame, source: str) -> tuple[dict[str, Any], Any]:

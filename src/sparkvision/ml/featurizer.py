@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from sparkvision.config import FeaturizeSettings
-from sparkvision.ml.base import HasModelName, HasTta, OnnxImageTransformer
+from sparkvision.ml.base import HasModelName, HasPrecision, HasTta, OnnxImageTransformer
 from sparkvision.ml.onnx_stage import RawOutput, run_model
 from sparkvision.models.runner import ModelSource, from_registry
 from sparkvision.session import task_cpus
@@ -31,14 +31,15 @@ def to_vector(values: Column) -> Column:
     return F.when(values.isNotNull(), array_to_vector(values))
 
 
-class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName, HasTta):
+class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName, HasTta, HasPrecision):
     """Adds ``outputCol`` (VectorUDT): the backbone's features of each image in ``inputCol``.
 
     Rows whose bytes cannot be decoded, or that already carry an error, get a null
     vector and their error in ``errorCol``; no row is dropped. The ONNX graph is
     broadcast once and each Python worker keeps one ONNX Runtime session with
     ``spark.task.cpus`` threads. ``tta="flip"`` averages each image's vector with its
-    mirror image's (twice the model work).
+    mirror image's (twice the model work). ``precision="int8"`` runs the backbone quantised
+    (:meth:`calibrate`, or a sample of the first frame transformed, calibrates it).
 
     >>> ImageFeaturizer(inputCol="content", outputCol="features").transform(images_df)  # doctest: +SKIP
     """
@@ -60,6 +61,7 @@ class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName, HasTta):
         errorCol: str = "error",
         embedModel: bool = False,
         tta: str = "none",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self._init_params(self._input_kwargs)
@@ -88,14 +90,14 @@ class ImageFeaturizer(OnnxImageTransformer, HasOutputCol, HasModelName, HasTta):
 
     def num_features(self) -> int:
         """Length of the vectors this featurizer produces (read from the ONNX graph)."""
-        return self.model_source().output_size(self.getOutput())
+        return self._fp32_source().output_size(self.getOutput())
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         output = self.getOutput()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         return run_model(
-            dataset, self.model_source(), self.getInputCol(), self.getErrorCol(),
+            dataset, self._prepared_source(dataset), self.getInputCol(), self.getErrorCol(),
             mapper=RawOutput("values", role=output), columns={"values": (self.getOutputCol(), to_vector)},
             batch_size=self.getBatchSize(), threads=task_cpus(dataset.sparkSession),
             counter=self._rows_counter(dataset.sparkSession), tta=self.getTta(),

@@ -23,13 +23,13 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
 
 from sparkvision.config import FeaturizeSettings
-from sparkvision.ml.base import HasModelName, HasTta, OnnxImageTransformer
+from sparkvision.ml.base import HasModelName, HasPrecision, HasTta, OnnxImageTransformer
 from sparkvision.ml.onnx_stage import ClassProbabilities, run_model
 from sparkvision.models.runner import ModelSource, from_model_dir, from_registry
 from sparkvision.session import task_cpus
 
 
-class ImagePredictor(OnnxImageTransformer, HasModelName, HasTta):
+class ImagePredictor(OnnxImageTransformer, HasModelName, HasTta, HasPrecision):
     """Adds ``predictionCol`` (top-1 label), ``probabilityCol`` (all classes) and ``topKCol``.
 
     Set ``probabilityCol`` to "" or ``topK`` to 0 to leave that column out. Rows that
@@ -72,6 +72,7 @@ class ImagePredictor(OnnxImageTransformer, HasModelName, HasTta):
         errorCol: str = "error",
         embedModel: bool = False,
         tta: str = "none",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self._init_params(self._input_kwargs)
@@ -117,13 +118,13 @@ class ImagePredictor(OnnxImageTransformer, HasModelName, HasTta):
 
     def labels(self) -> list[str]:
         """Class names in probability order."""
-        source = self.model_source()
+        source = self._fp32_source()
         if not source.labels:
             raise ValueError(f"model {source.name!r} has no labels; register it with labels to predict classes")
         return list(source.labels)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        source = self.model_source()
+        source = self._prepared_source(dataset)
         labels = self.labels()
         top_k = self.getTopK() if self.getTopKCol() else 0
         mapper = ClassProbabilities(labels, probability=bool(self.getProbabilityCol()), top_k=top_k)

@@ -69,6 +69,8 @@ class ModelSource:
     outputs: dict[str, str] = field(default_factory=lambda: {"logits": "logits"})
     labels: tuple[str, ...] | None = None
     digest: str = ""
+    #: "fp32", or "int8" for a graph quantised by :func:`sparkvision.deploy.int8.quantize_source`.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not self.digest:
@@ -101,6 +103,7 @@ class ModelSource:
             "outputs": dict(self.outputs),
             "labels": list(self.labels) if self.labels else None,
             "digest": self.digest,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -109,6 +112,7 @@ class ModelSource:
             name=described["name"], data=data, preprocess=PreprocessConfig.from_dict(described["preprocess"]),
             input_name=described.get("input_name", "input"), outputs=dict(described["outputs"]),
             labels=tuple(described["labels"]) if described.get("labels") else None,
+            precision=described.get("precision", "fp32"),
         )
         if described.get("digest") and described["digest"] != source.digest:
             raise ValueError(f"embedded ONNX model {source.name!r} does not match its recorded digest")
@@ -178,6 +182,8 @@ def from_model_dir(model_dir: str | Path, card: ModelCard | None = None) -> Mode
 
 #: Test-time augmentations a classifier runner offers (``--tta``).
 TTA_MODES = ("none", "flip")
+#: Numeric precisions a graph can run at (``--int8``; see :mod:`sparkvision.deploy.int8`).
+PRECISIONS = ("fp32", "int8")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
