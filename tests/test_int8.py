@@ -120,7 +120,7 @@ def test_fit_int8_keeps_the_quantised_backbone_in_pipeline_and_model_onnx(spark,
 
 @pytest.mark.slow
 def test_predict_int8_quantises_an_fp32_model_once_and_caches_the_verdict(spark, imagenette, fitted_imagenette,
-                                                                          tmp_path, caplog):
+                                                                          tmp_path):
     from sparkvision.config import cache_dir
     from sparkvision.models.model_dir import model_digest
 
@@ -137,10 +137,13 @@ def test_predict_int8_quantises_an_fp32_model_once_and_caches_the_verdict(spark,
     assert decision["calibration_images"] == 200 and decision["val_images"] == 200
     assert decision["fp32_accuracy"] is not None  # the input's folders are labels: accuracy, not agreement
     assert decision["accepted"] and first["model_version"].endswith("-int8")
+    cached = sorted((cache_dir() / "int8").glob(f"model-{model_digest(model_dir)}-5*"))
+    assert [p.suffix for p in cached] == [".json", ".onnx"] and _quantised(cached[1].read_bytes())
+    stamps = [p.stat().st_mtime_ns for p in cached]
     code, printed = run_main("predict", "--model", model_dir, "--input", src, "--out", tmp_path / "p8b", "--int8",
                              "--int8-max-drop", 5)
     assert code == 0 and json.loads(printed)["int8"] == decision
-    assert "cached" in caplog.text
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # the second run read the verdict, wrote nothing
     a = spark.read.parquet(str(tmp_path / "p8")).select("path", "prediction").collect()
     b = spark.read.parquet(str(tmp_path / "p8b")).select("path", "prediction").collect()
     assert sorted(a) == sorted(b) and len(a) == 400

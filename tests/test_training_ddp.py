@@ -246,6 +246,39 @@ def test_model_dirs_onnx_matches_the_torch_model(uninterrupted, digits_ds):
     assert (got.argmax(1) == labels).mean() > 0.85
 
 
+def test_train_int8_replaces_model_onnx_only_when_the_guard_passes(uninterrupted, digits_ds, spark, tmp_path):
+    """What ``train --int8`` does after training (``cli.train._int8``): calibrate on training rows, judge
+    on --val rows, and keep int8 in model.onnx only within the allowed drop; the card records both."""
+    import shutil
+
+    import onnx
+
+    from sparkvision.deploy.int8 import quantize_model_dir
+    from sparkvision.deploy.measure import sample_rows
+    from sparkvision.io import load_images
+    from sparkvision.models.model_dir import load_card
+
+    out, _, _ = uninterrupted
+    calibration = sample_rows(load_images(spark, digits_ds["train"]), 300)
+    val = sample_rows(load_images(spark, digits_ds["val"]), 1000)
+    fp32 = (out / "model.onnx").read_bytes()
+    verdicts = {}
+    for allowed in (100.0, -1.0):  # anything goes; nothing goes (int8 would have to gain a point)
+        model_dir = tmp_path / f"m{allowed:g}"
+        shutil.copytree(out, model_dir)
+        decision = quantize_model_dir(model_dir, calibration, val, allowed)
+        card = load_card(model_dir)
+        assert card.metrics["int8"] == decision.to_dict() and card.provenance["precision"] == decision.precision
+        assert decision.val_images == 359 and decision.calibration_images == 300
+        ops = {n.op_type for n in onnx.load(str(model_dir / "model.onnx")).graph.node}
+        assert ("QuantizeLinear" in ops) == decision.accepted
+        verdicts[allowed] = decision
+    kept, refused = verdicts[100.0], verdicts[-1.0]
+    assert kept.accepted and kept.precision == "int8" and kept.top1_agreement > 0.9
+    assert (tmp_path / "m-1" / "model.onnx").read_bytes() == fp32 or refused.accepted
+    assert kept.fp32_accuracy == refused.fp32_accuracy  # the same fp32 graph on the same rows
+
+
 def test_sparkvision_predict_takes_the_trained_model_dir(uninterrupted, digits_ds, tmp_path, cli, caplog):
     """The transfer-learning path's batch prediction runs the model directory as it is, and
     agrees with the accuracy training measured on the same validation rows (in this process's Spark)."""

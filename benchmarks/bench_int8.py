@@ -1,0 +1,143 @@
+"""int8 through the whole pipeline on real photo sizes: Spark predict fp32 vs int8 vs ONNX Runtime alone.
+
+Photos: the 400 imagenette-mini val photos resized to 500 px on their long side (as
+``bench_stream``), so decode is not the 224 px shortcut. Models: ``fit`` (EfficientNet-Lite0
+features + logistic regression) on imagenette-mini train, once plain and once with
+``--int8`` (calibrated on 300 train photos, guarded on the 400 val photos). In one run:
+
+* ONNX Runtime alone on pre-decoded tensors, 2 threads, fp32 and int8 graphs (model.onnx);
+* ``predict`` through Spark local[2] with each model directory, best of two warm runs;
+* decode + resize alone (one core) on photos of 224, 500, 1,000 and 4,000 px;
+* what int8 cost: the guard's fp32 and int8 val accuracy, on imagenette-mini and (full
+  run) Fashion-MNIST 4,000 / 1,500.
+
+    .venv/bin/python benchmarks/run.py int8
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_stream import _photos  # noqa: E402
+from common import IMAGENETTE, Result, table, timed  # noqa: E402
+
+TITLE = "int8 through the pipeline on 500 px photos: Spark predict fp32 vs int8 vs ONNX Runtime alone"
+MASTER = "local[2]"
+
+
+def _fit(spark, out: Path, train: str, val: str, per_class: int, val_per_class: int | None, int8: bool):
+    from dataclasses import replace
+
+    from sparkvision.config import TransferSettings
+    from sparkvision.ml.classifier import fit_from_sources
+    from sparkvision.models.model_dir import load_card
+
+    settings = replace(TransferSettings(), int8=int8)
+    fit_from_sources(spark, train, str(out), settings, val_src=val, per_class=per_class, val_per_class=val_per_class,
+                     overwrite=True)
+    return load_card(out)
+
+
+def _decode_ms(sizes: list[int], count: int) -> dict[int, float]:
+    """Milliseconds per photo to decode and preprocess to 224 px on one core, per long side."""
+    from PIL import Image
+
+    from sparkvision.config import PreprocessConfig
+    from sparkvision.preprocess import ImagePreprocessor
+
+    files = sorted((IMAGENETTE / "val").glob("*/*"))[:count]
+    prep = ImagePreprocessor(PreprocessConfig())
+    out = {}
+    for side in sizes:
+        blobs = []
+        for file in files:
+            with Image.open(file) as img:
+                img = img.convert("RGB")
+                scale = side / max(img.size)
+                img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
+                buffer = io.BytesIO()
+                img.save(buffer, format="JPEG", quality=90)
+                blobs.append(buffer.getvalue())
+        seconds, _ = timed(lambda blobs=blobs: prep(blobs), repeat=3)
+        out[side] = 1000 * seconds / len(blobs)
+    return out
+
+
+def run(quick: bool = False) -> Result:
+    from sparkvision.config import SparkSettings
+    from sparkvision.inference.predict import predict
+    from sparkvision.io import load_images
+    from sparkvision.models.runtime import OnnxModel
+    from sparkvision.preprocess import ImagePreprocessor
+    from sparkvision.session import get_spark
+
+    spark = get_spark(SparkSettings(master=MASTER, driver_memory="3g", app_name="bench-int8"))
+    figures: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
+        tmp = Path(tmp)
+        photos = _photos(tmp / "photos", 100 if quick else None)
+        per_class = 10 if quick else 80
+        train, val = str(IMAGENETTE / "train"), str(IMAGENETTE / "val")
+        cards = {p: _fit(spark, tmp / p, train, val, per_class, 10 if quick else None, p == "int8")
+                 for p in ("fp32", "int8")}
+        guard = cards["int8"].metrics["int8"]
+        figures["guard_imagenette"] = guard
+        tensor = ImagePreprocessor(cards["fp32"].preprocess)([p.read_bytes() for p in photos]).tensor
+        ort = {}
+        for precision in ("fp32", "int8"):
+            model = OnnxModel(tmp / precision / "model.onnx", threads=2)
+            model.run_batched(tensor[:32], "logits", 32)
+            seconds, _ = timed(lambda model=model: model.run_batched(tensor, "logits", 32), repeat=2)
+            ort[precision] = len(tensor) / seconds
+        spark_rate = {}
+        for precision in ("fp32", "int8"):
+            runs = []
+            for i in range(3):  # the first is cold (workers, sessions)
+                frame = load_images(spark, str(tmp / "photos"), probe="header")
+                start = time.perf_counter()
+                predict(spark, str(tmp / precision), frame, str(tmp / f"out-{precision}-{i}"))
+                runs.append(time.perf_counter() - start)
+            spark_rate[precision] = len(photos) / min(runs[1:])
+        decode_photos = 20 if quick else 50
+        decode = _decode_ms([224, 500, 1000, 4000], decode_photos)
+        fmnist = None
+        if not quick:
+            fm = _fit(spark, tmp / "fmnist", "fashion-mnist:train", "fashion-mnist:test", 400, 150, True)
+            fmnist = fm.metrics["int8"]
+            figures["guard_fashion_mnist"] = fmnist
+    spark.stop()
+    figures.update(ort_images_per_second=ort, spark_images_per_second=spark_rate, decode_ms=decode,
+                   photos=len(photos))
+    rows = [
+        ["ONNX Runtime alone, fp32, pre-decoded, 2 threads", ort["fp32"], 1.0],
+        ["ONNX Runtime alone, int8 (fit --int8 model.onnx)", ort["int8"], ort["int8"] / ort["fp32"]],
+        ["sparkvision predict in Spark, fp32 (fit), warm", spark_rate["fp32"], spark_rate["fp32"] / ort["fp32"]],
+        ["sparkvision predict in Spark, int8 (fit --int8), warm", spark_rate["int8"],
+         spark_rate["int8"] / ort["fp32"]],
+    ]
+    accuracy = [["imagenette-mini val", guard["val_images"], guard["fp32_accuracy"], guard["int8_accuracy"],
+                 -guard["accuracy_drop_points"], guard["top1_agreement"], guard["precision"]]]
+    if fmnist:
+        accuracy.append(["Fashion-MNIST test (1,500)", fmnist["val_images"], fmnist["fp32_accuracy"],
+                         fmnist["int8_accuracy"], -fmnist["accuracy_drop_points"], fmnist["top1_agreement"],
+                         fmnist["precision"]])
+    markdown = (
+        f"{len(photos)} imagenette-mini val photos at 500 px (long side), Spark {MASTER}, EfficientNet-Lite0 "
+        f"features + logistic regression fitted on {per_class} train photos per class.\n\n"
+        + table(["path", "images/s", "vs ONNX Runtime fp32"], rows)
+        + f"\n\nint8 in Spark = **{spark_rate['int8'] / spark_rate['fp32']:.2f}x** fp32 in Spark. What int8 cost "
+        "(the guard's own figures, both graphs on the same images):\n\n"
+        + table(["set", "images", "fp32 accuracy", "int8 accuracy", "change (points)", "top-1 agreement", "kept"],
+                accuracy)
+        + "\n\nDecode + resize to 224 px, one core, ms per photo: "
+        + ", ".join(f"{side} px {ms:.2f}" for side, ms in decode.items())
+        + f" (mean over {decode_photos} photos made from the shared ones)."
+    )
+    return Result(markdown, figures)
