@@ -24,7 +24,7 @@ command -v "$python" >/dev/null 2>&1 || python=python3
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, exactly the CPU build on local disk (a bare 'torch' would fetch a CUDA build).
 .venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-# hf: transformers for --backbone hf:DIR_OR_ID; mlflow: --mlflow and the MLflow flavour (optional for users;
-# their tests run here).
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,hf,mlflow]"
+# all: every extra (train, tiling, dicom, serve, demo, hf, mlflow; optional for users, their tests run here);
+# dev: the test tools. A cluster's executors need only the core: see the README's "On your cluster".
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[all,dev]"
 echo "sparkvision installed: .venv/bin/sparkvision --help"

@@ -101,11 +101,14 @@ def describe_error(exc: BaseException) -> tuple[ExitCode, str]:
     from pyspark.errors.exceptions.base import PySparkException
     from pyspark.errors.exceptions.captured import PythonException
 
+    from sparkvision.extras import missing_extra
     from sparkvision.io.errors import ImageError
     from sparkvision.models.model_dir import ModelCardError
 
     if isinstance(exc, UsageError):
         return ExitCode.USAGE, _message(exc)
+    if (extra := missing_extra(exc)) is not None:  # a module of an extra not installed: which one to install
+        return ExitCode.FAILED, str(extra)
     if isinstance(exc, FileNotFoundError | ModelCardError):
         return ExitCode.INPUT, _message(exc)
     if isinstance(exc, PythonException):  # a Python worker failed: its own last line says why

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparkvision.config import PreprocessConfig
-from sparkvision.detection.boxes import batched_nms, clip_boxes
 from sparkvision.preprocess.transforms import letterbox_placement
 
 
@@ -51,6 +50,8 @@ class Letterbox:
         out = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 4)
         out[:, 0::2] = (out[:, 0::2] - self.pad_x) / self.scale_x
         out[:, 1::2] = (out[:, 1::2] - self.pad_y) / self.scale_y
+        from sparkvision.detection.boxes import clip_boxes  # torch: imported where a detector decodes
+
         return clip_boxes(out, self.width, self.height)
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
@@ -98,6 +99,8 @@ def empty() -> Detections:
 def decode(boxes: np.ndarray, scores: np.ndarray, settings: DecodeSettings | None = None,
            letterbox: Letterbox | None = None) -> Detections:
     """One image: ``boxes`` (A, 4) in input pixels, ``scores`` (A, C) -> final detections."""
+    from sparkvision.detection.boxes import batched_nms  # torch: imported where a detector decodes
+
     settings = settings or DecodeSettings()
     scores = np.asarray(scores)
     flat = scores.reshape(-1)

