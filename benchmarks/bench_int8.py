@@ -114,7 +114,13 @@ def run(quick: bool = False) -> Result:
             figures["guard_fashion_mnist"] = fmnist
     spark.stop()
     figures.update(ort_images_per_second=ort, spark_images_per_second=spark_rate, decode_ms=decode,
-                   photos=len(photos))
+                   photos=len(photos), per_class=per_class, decode_photos=decode_photos)
+    return Result(markdown(figures), figures)
+
+
+def markdown(figures: dict) -> str:
+    """The section, from the figures alone (so results/bench_int8.json re-renders it)."""
+    ort, spark_rate = figures["ort_images_per_second"], figures["spark_images_per_second"]
     rows = [
         ["ONNX Runtime alone, fp32, pre-decoded, 2 threads", ort["fp32"], 1.0],
         ["ONNX Runtime alone, int8 (fit --int8 model.onnx)", ort["int8"], ort["int8"] / ort["fp32"]],
@@ -122,22 +128,21 @@ def run(quick: bool = False) -> Result:
         ["sparkvision predict in Spark, int8 (fit --int8), warm", spark_rate["int8"],
          spark_rate["int8"] / ort["fp32"]],
     ]
-    accuracy = [["imagenette-mini val", guard["val_images"], guard["fp32_accuracy"], guard["int8_accuracy"],
-                 -guard["accuracy_drop_points"], guard["top1_agreement"], guard["precision"]]]
-    if fmnist:
-        accuracy.append(["Fashion-MNIST test (1,500)", fmnist["val_images"], fmnist["fp32_accuracy"],
-                         fmnist["int8_accuracy"], -fmnist["accuracy_drop_points"], fmnist["top1_agreement"],
-                         fmnist["precision"]])
-    markdown = (
-        f"{len(photos)} imagenette-mini val photos at 500 px (long side), Spark {MASTER}, EfficientNet-Lite0 "
-        f"features + logistic regression fitted on {per_class} train photos per class.\n\n"
+    accuracy = []
+    for key, name in (("guard_imagenette", "imagenette-mini val"), ("guard_fashion_mnist", "Fashion-MNIST test")):
+        g = figures.get(key)
+        if g:
+            accuracy.append([name, g["val_images"], f"{g['fp32_accuracy']:.4f}", f"{g['int8_accuracy']:.4f}",
+                             f"{-g['accuracy_drop_points']:+.2f}", f"{g['top1_agreement']:.4f}", g["precision"]])
+    return (
+        f"{figures['photos']} imagenette-mini val photos at 500 px (long side), Spark {MASTER}, EfficientNet-Lite0 "
+        f"features + logistic regression fitted on {figures['per_class']} train photos per class.\n\n"
         + table(["path", "images/s", "vs ONNX Runtime fp32"], rows)
         + f"\n\nint8 in Spark = **{spark_rate['int8'] / spark_rate['fp32']:.2f}x** fp32 in Spark. What int8 cost "
-        "(the guard's own figures, both graphs on the same images):\n\n"
+        "(the guard's own figures: both graphs on the same validation images, at most 1,000):\n\n"
         + table(["set", "images", "fp32 accuracy", "int8 accuracy", "change (points)", "top-1 agreement", "kept"],
                 accuracy)
         + "\n\nDecode + resize to 224 px, one core, ms per photo: "
-        + ", ".join(f"{side} px {ms:.2f}" for side, ms in decode.items())
-        + f" (mean over {decode_photos} photos made from the shared ones)."
+        + ", ".join(f"{side} px {ms:.2f}" for side, ms in figures["decode_ms"].items())
+        + f" (mean over {figures['decode_photos']} photos made from the shared ones)."
     )
-    return Result(markdown, figures)
