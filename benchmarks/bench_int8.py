@@ -16,7 +16,6 @@ features + logistic regression) on imagenette-mini train, once plain and once wi
 
 from __future__ import annotations
 
-import io
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_stream import _photos  # noqa: E402
+from bench_stream import _photos, resized_jpeg  # noqa: E402
 from common import IMAGENETTE, Result, table, timed  # noqa: E402
 
 TITLE = "int8 through the pipeline on 500 px photos: Spark predict fp32 vs int8 vs ONNX Runtime alone"
@@ -47,8 +46,6 @@ def _fit(spark, out: Path, train: str, val: str, per_class: int, val_per_class: 
 
 def _decode_ms(sizes: list[int], count: int) -> dict[int, float]:
     """Milliseconds per photo to decode and preprocess to 224 px on one core, per long side."""
-    from PIL import Image
-
     from sparkvision.config import PreprocessConfig
     from sparkvision.preprocess import ImagePreprocessor
 
@@ -56,15 +53,7 @@ def _decode_ms(sizes: list[int], count: int) -> dict[int, float]:
     prep = ImagePreprocessor(PreprocessConfig())
     out = {}
     for side in sizes:
-        blobs = []
-        for file in files:
-            with Image.open(file) as img:
-                img = img.convert("RGB")
-                scale = side / max(img.size)
-                img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
-                buffer = io.BytesIO()
-                img.save(buffer, format="JPEG", quality=90)
-                blobs.append(buffer.getvalue())
+        blobs = [resized_jpeg(file, side) for file in files]
         seconds, _ = timed(lambda blobs=blobs: prep(blobs), repeat=3)
         out[side] = 1000 * seconds / len(blobs)
     return out

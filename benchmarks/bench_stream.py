@@ -40,21 +40,26 @@ MASTER = "local[2]"
 LONG_SIDE = 500
 
 
-def _photos(dst: Path, count: int | None) -> list[Path]:
+def resized_jpeg(file: Path, long_side: int = LONG_SIDE) -> bytes:
+    """A photo resized to ``long_side`` px on its long side, as JPEG quality 90."""
     from PIL import Image
 
+    with Image.open(file) as img:
+        img = img.convert("RGB")
+        scale = long_side / max(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _photos(dst: Path, count: int | None) -> list[Path]:
     files = sorted((IMAGENETTE / "val").glob("*/*"))[:count]
     out = []
     for file in files:
-        with Image.open(file) as img:
-            img = img.convert("RGB")
-            scale = LONG_SIDE / max(img.size)
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            img.save(buffer, format="JPEG", quality=90)
         target = dst / file.parent.name / file.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(buffer.getvalue())
+        target.write_bytes(resized_jpeg(file))
         out.append(target)
     return out
 

@@ -113,14 +113,8 @@ def judge(fp32_graph: bytes, int8_graph: bytes, val: ImageSet, labels: list[str]
         paths["int8"].write_bytes(int8_graph)
         measured = measure_models(paths, val, labels, measure)
     report = compare(measured["fp32"], measured["int8"], {}, val, max_drop)
-    if report.accuracy_drop_points is not None:
-        why = (f"accuracy changed {0.0 - report.accuracy_drop_points:+.2f} points, "
-               f"{'within' if report.accepted else 'beyond'} the allowed -{max_drop:.2f}")
-    else:
-        why = (f"no labelled validation images; top-1 agreement {report.top1_agreement:.4f} "
-               f"{'>=' if report.accepted else '<'} {1 - max_drop / 100:.4f}")
     decision = Int8Decision(
-        precision="int8" if report.accepted else "fp32", accepted=report.accepted, reason=why,
+        precision="int8" if report.accepted else "fp32", accepted=report.accepted, reason=report.verdict(),
         max_drop_points=max_drop, calibration_images=calibration_images, val_images=len(val),
         val_source=val.source, fp32_accuracy=measured["fp32"].accuracy, int8_accuracy=measured["int8"].accuracy,
         accuracy_drop_points=report.accuracy_drop_points, top1_agreement=round(report.top1_agreement, 6),

@@ -30,13 +30,7 @@ class AccuracyDropError(RuntimeError):
     """The optimised model lost more accuracy than allowed; nothing was written."""
 
     def __init__(self, report: OptimizationReport) -> None:
-        if report.accuracy_drop_points is not None:
-            what = (f"accuracy dropped {report.accuracy_drop_points:.2f} points ({report.baseline['accuracy']:.4f} "
-                    f"-> {report.optimized['accuracy']:.4f}), more than the allowed {report.max_accuracy_drop:.2f}")
-        else:
-            what = (f"no labelled validation images, and top-1 agreement with the original model is "
-                    f"{report.top1_agreement:.4f}, below 1 - {report.max_accuracy_drop:.2f}/100")
-        super().__init__(f"{what}; the optimised model was not written (use --force to write it anyway)")
+        super().__init__(f"{report.verdict()}; the optimised model was not written (use --force to write it anyway)")
         self.report = report
 
 
@@ -194,6 +188,15 @@ class OptimizationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def verdict(self) -> str:
+        """Why the optimised model is accepted or refused, with the figures that decided it."""
+        if self.accuracy_drop_points is not None:
+            return (f"accuracy changed {0.0 - self.accuracy_drop_points:+.2f} points ({self.baseline['accuracy']:.4f} "
+                    f"-> {self.optimized['accuracy']:.4f}), {'within' if self.accepted else 'beyond'} the allowed "
+                    f"-{self.max_accuracy_drop:.2f}")
+        return (f"no labelled validation images; top-1 agreement with the original model "
+                f"{self.top1_agreement:.4f} {'>=' if self.accepted else '<'} 1 - {self.max_accuracy_drop:.2f}/100")
 
     def summary(self) -> str:
         acc = self.optimized.get("accuracy")
