@@ -24,9 +24,12 @@ def spark_progress(spark: SparkSession, desc: str, poll_seconds: float = 0.5) ->
     """Show one bar of finished/total tasks for the Spark jobs run inside the block.
 
     Spark's own console bar is switched off (it interleaves with logging); this one
-    reads the same numbers from ``statusTracker`` in a background thread.
+    reads the same numbers from ``statusTracker`` in a background thread. Over Spark Connect
+    there is no status tracker on the client: the block runs without a bar.
     """
-    if not progress_enabled():
+    from sparkvision.session import is_connect
+
+    if not progress_enabled() or is_connect(spark):
         yield
         return
     sc = spark.sparkContext

@@ -1,9 +1,15 @@
 """The one place that builds a SparkSession for sparkvision.
 
 Embedded ``local[*]`` by default; a real cluster through ``master`` (CLI ``--master`` or
-``SPARKVISION_MASTER``) plus any ``--conf key=value``. Python workers are pointed at the
+``SPARKVISION_MASTER``) plus any ``--conf key=value``; a Spark Connect server through
+``remote`` (CLI ``--remote sc://host:port`` or ``SPARK_REMOTE``). Python workers are pointed at the
 interpreter running the driver, because a venv's packages (pyarrow, onnxruntime, torch)
 are not importable from the system Python that Spark would otherwise start.
+
+Over Connect there is no SparkContext on the client: :func:`is_connect` tells the few
+places that need one (broadcasts, accumulators, Hadoop's FileSystem, the status tracker)
+to take their Connect path, and :func:`default_parallelism` stands in for
+``sparkContext.defaultParallelism``.
 """
 
 from __future__ import annotations
@@ -68,6 +74,45 @@ def build_conf(settings: SparkSettings) -> dict[str, str]:
     return conf
 
 
+#: What a Connect session is given of :func:`build_conf`: the session-level SQL settings
+#: (the rest are the server's, fixed when it started; Connect always moves rows as Arrow).
+_CONNECT_CONF_PREFIXES = ("spark.sql.",)
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect client session (no SparkContext, no JVM here)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """``sparkContext.defaultParallelism``; over Connect ``spark.default.parallelism``, else the
+    server's local[N] cores, else 2 (the cluster's cores cannot be asked for without a SparkContext)."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    value = spark.conf.get("spark.default.parallelism", None)
+    if value:
+        return max(1, int(value))
+    master = spark.conf.get("spark.master", None) or ""
+    if master.startswith("local[") and master[6:-1].isdigit():
+        return int(master[6:-1])
+    if master == "local":
+        return 1
+    return 2
+
+
+def _connect(settings: SparkSettings) -> SparkSession:
+    """A Connect client of ``settings.remote``; the server's Python workers must have sparkvision installed."""
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    builder = SparkSession.builder.remote(settings.remote).appName(settings.app_name)
+    for key, value in build_conf(settings).items():
+        if (key.startswith(_CONNECT_CONF_PREFIXES) and ".arrow.pyspark." not in key) or key in settings.conf:
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    log.info("Spark %s over Spark Connect at %s (server master %s)", spark.version, settings.remote,
+             spark.conf.get("spark.master", None))
+    return spark
+
+
 def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     """Return the active session or build one from ``settings``.
 
@@ -75,8 +120,12 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     session's master), so tests and notebooks can create their own first.
     """
     settings = settings or SparkSettings()
+    if settings.remote:
+        return _connect(settings)
     active = SparkSession.getActiveSession()
     if active is not None:
+        if is_connect(active):
+            return active
         if settings.master != active.sparkContext.master and settings.master != SparkSettings().master:
             log.warning("a Spark session on %s is already running; it is used instead of %s",
                         active.sparkContext.master, settings.master)

@@ -75,7 +75,7 @@ def register(spark: SparkSession, model_dir: str | Path, name: str | None = None
     ``tta`` defaults to the card's (what the model was validated with). Registering
     the same name again replaces the functions.
     """
-    from sparkvision.ml.onnx_stage import ClassProbabilities, KernelSpec, RawOutput, broadcast_model, make_udf
+    from sparkvision.ml.onnx_stage import ClassProbabilities, KernelSpec, RawOutput, make_udf, ship_model
     from sparkvision.models.model_dir import load_card
     from sparkvision.models.runner import from_model_dir
     from sparkvision.session import task_cpus
@@ -89,7 +89,7 @@ def register(spark: SparkSession, model_dir: str | Path, name: str | None = None
     if card.kind == "detector":
         raise ValueError(f"{model_dir} is a detector; SQL functions take classifiers (use 'sparkvision detect')")
     source = from_model_dir(model_dir, card)  # a missing model.onnx fails here, saying how to add one
-    bc = broadcast_model(spark.sparkContext, source)
+    model = ship_model(spark, source)
     threads = task_cpus(spark)
     batch = batch_size or FeaturizeSettings.batch_size
 
@@ -97,11 +97,11 @@ def register(spark: SparkSession, model_dir: str | Path, name: str | None = None
         return KernelSpec(source.name, source.digest, source.preprocess, dict(source.outputs), source.labels,
                           batch, threads, mapper, tta or card.tta)
 
-    spark.udf.register(name, make_udf(bc, spec(ClassProbabilities(card.labels, probability=True)), None))
+    spark.udf.register(name, make_udf(model, spec(ClassProbabilities(card.labels, probability=True)), None))
     features = None
     if "features" in source.outputs:
         features = name + FEATURES_SUFFIX
-        spark.udf.register(features, make_udf(bc, spec(RawOutput("features", role="features")), None,
+        spark.udf.register(features, make_udf(model, spec(RawOutput("features", role="features")), None,
                                               field="features"))
     else:
         log.info("%s has no 'features' output: %s%s is not registered", model_dir, name, FEATURES_SUFFIX)

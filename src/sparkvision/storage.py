@@ -18,7 +18,10 @@ The one place that knows what a path or URI means. It imports without Spark:
 
 With a Spark session the operations go through Hadoop's FileSystem, so a plain path
 means what Spark means by it (the cluster's default filesystem) and ``hdfs://``, ``s3a://``
-and the rest work; without one, a plain path is a local path.
+and the rest work; without one, a plain path is a local path. Over Spark Connect the client
+has no Hadoop: plain paths and ``file:`` URIs are local (shared with the server), other URIs
+are read through Spark's ``binaryFile`` source, and listing, deleting or writing them fails
+with one line saying to use a classic session.
 """
 
 from __future__ import annotations
@@ -141,12 +144,44 @@ def open_input(uri: str | os.PathLike[str]) -> BinaryIO:
 
 
 def _through_hadoop(uri: str | os.PathLike[str], spark: SparkSession | None) -> bool:
-    """With a session, everything but ``file:`` URIs (the driver's own disk either way) goes through Hadoop."""
-    return spark is not None and scheme(uri) != "file"
+    """With a classic session, everything but ``file:`` URIs (the driver's own disk either way) goes
+    through Hadoop. Over Spark Connect there is no Hadoop client here: local paths use the OS, and
+    other URIs are read through Spark's ``binaryFile`` source or refused (:func:`_connect_only_local`)."""
+    return spark is not None and scheme(uri) != "file" and not _is_connect(spark)
+
+
+def _is_connect(spark: SparkSession | None) -> bool:
+    if spark is None:
+        return False
+    from sparkvision.session import is_connect
+
+    return is_connect(spark)
+
+
+def _connect_only_local(uri: str | os.PathLike[str], spark: SparkSession | None, what: str) -> None:
+    """Over Spark Connect, refuse in one line what needs Hadoop's FileSystem on a non-local URI."""
+    if _is_connect(spark) and not is_local(uri):
+        raise NotLocalError(f"{what} {os.fspath(uri)!r}: over Spark Connect only local paths can be {what}d "
+                            "from the client (no Hadoop FileSystem); use a classic session (--master) for "
+                            f"{scheme(uri)}:// outputs")
+
+
+def _read_through_spark(uri: str | os.PathLike[str], spark: SparkSession, max_bytes: int | None) -> bytes:
+    """A non-local file's bytes over Spark Connect, through Spark's own ``binaryFile`` source."""
+    from pyspark.sql import functions as F
+
+    content = F.col("content") if max_bytes is None else F.when(F.col("length") <= max_bytes, F.col("content"))
+    rows = spark.read.format("binaryFile").load(os.fspath(uri)).select("length", content.alias("content")).limit(2).collect()
+    if len(rows) != 1:
+        raise FileNotFoundError(f"{os.fspath(uri)} is not one file ({len(rows)} found by Spark's binaryFile source)")
+    _check_size(uri, int(rows[0]["length"]), max_bytes)
+    return bytes(rows[0]["content"])
 
 
 def read_bytes(uri: str | os.PathLike[str], spark: SparkSession | None = None, max_bytes: int | None = None) -> bytes:
     """A whole file's bytes; :class:`FileTooLargeError` (before reading) when it exceeds ``max_bytes``."""
+    if _is_connect(spark) and not is_local(uri):
+        return _read_through_spark(uri, spark, max_bytes)
     if not _through_hadoop(uri, spark):
         with open_input(uri) as handle:
             size = handle.seek(0, os.SEEK_END)
@@ -173,6 +208,7 @@ def read_text(uri: str | os.PathLike[str], spark: SparkSession | None = None) ->
 
 
 def exists(uri: str | os.PathLike[str], spark: SparkSession | None = None) -> bool:
+    _connect_only_local(uri, spark, "check")
     if _through_hadoop(uri, spark):
         fs, path = _hadoop(spark, os.fspath(uri))
         return bool(fs.exists(path))
@@ -186,6 +222,7 @@ def exists(uri: str | os.PathLike[str], spark: SparkSession | None = None) -> bo
 
 def list_dir(uri: str | os.PathLike[str], spark: SparkSession | None = None) -> list[str]:
     """The names in a directory, sorted (:class:`FileNotFoundError` when it is missing)."""
+    _connect_only_local(uri, spark, "list")
     if _through_hadoop(uri, spark):
         fs, path = _hadoop(spark, os.fspath(uri))
         if not fs.exists(path):
@@ -203,6 +240,7 @@ def list_dir(uri: str | os.PathLike[str], spark: SparkSession | None = None) -> 
 
 def delete(uri: str | os.PathLike[str], spark: SparkSession | None = None) -> None:
     """Remove a file or a whole directory; a missing one is not an error."""
+    _connect_only_local(uri, spark, "delete")
     if _through_hadoop(uri, spark):
         fs, path = _hadoop(spark, os.fspath(uri))
         fs.delete(path, True)
@@ -263,7 +301,11 @@ def atomic_dir(
     output is moved aside, the new one renamed in, and only then the old one deleted. On
     failure the staging output is removed and the existing output is left untouched.
     """
-    ops = _HadoopOps(spark) if spark is not None else _LocalOps()
+    if _is_connect(spark):
+        _connect_only_local(uri, spark, "write")
+        ops: _LocalOps | _HadoopOps = _ConnectOps()
+    else:
+        ops = _HadoopOps(spark) if spark is not None else _LocalOps()
     target = ops.qualify(os.fspath(uri)).rstrip("/")
     if ops.exists(target) and not overwrite:
         raise OutputExistsError(f"{os.fspath(uri)} already exists; pass overwrite (--overwrite) to replace it")
@@ -317,6 +359,26 @@ class _LocalOps:
         os.rename(src, dst)
 
 
+class _ConnectOps(_LocalOps):
+    """Spark Connect: local paths (the server's disk too: client and server share it), handed to
+    Spark's writers as ``file:`` URIs, like the qualified URIs of a classic session."""
+
+    def qualify(self, uri: str) -> str:
+        return file_uri(uri)
+
+    def exists(self, path: str) -> bool:
+        return super().exists(local_path(path))
+
+    def mkdirs(self, path: str) -> None:
+        super().mkdirs(local_path(path))
+
+    def delete(self, path: str) -> None:
+        super().delete(local_path(path))
+
+    def rename(self, src: str, dst: str) -> None:
+        super().rename(local_path(src), local_path(dst))
+
+
 class _HadoopOps:
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
@@ -355,7 +417,13 @@ def _hadoop(spark: SparkSession, uri: str):
 
 
 def qualify(spark: SparkSession, uri: str) -> str:
-    """The fully qualified URI Spark will use (``/tmp/x`` becomes ``file:/tmp/x`` or ``hdfs://nn/tmp/x``)."""
+    """The fully qualified URI Spark will use (``/tmp/x`` becomes ``file:/tmp/x`` or ``hdfs://nn/tmp/x``).
+
+    Over Spark Connect a plain path is a local one (the client cannot ask for the cluster's default
+    filesystem) and a URI is taken as written.
+    """
+    if _is_connect(spark):
+        return file_uri(uri) if is_local(uri) else uri
     fs, path = _hadoop(spark, uri)
     return str(fs.makeQualified(path).toString())
 
@@ -365,6 +433,7 @@ def write_text(uri: str | os.PathLike[str], text: str, spark: SparkSession | Non
 
     Through Hadoop it is meant for a file inside a staging directory of :func:`atomic_dir`.
     """
+    _connect_only_local(uri, spark, "write")
     if not _through_hadoop(uri, spark):
         atomic_write(uri, text)
         return

@@ -27,6 +27,12 @@ def spark_options() -> argparse.ArgumentParser:
         help="Spark master URL (default: $SPARKVISION_MASTER or local[*], Spark embedded in this process)",
     )
     group.add_argument(
+        "--remote",
+        default=None,
+        metavar="sc://HOST:PORT",
+        help="run over Spark Connect on this server instead of a master (default: $SPARK_REMOTE)",
+    )
+    group.add_argument(
         "--conf",
         action="append",
         default=[],
@@ -59,11 +65,13 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SparkSettings:
-    """--master (else $SPARKVISION_MASTER), --conf and --driver-memory as SparkSettings."""
+    """--master (else $SPARKVISION_MASTER), --remote (else $SPARK_REMOTE), --conf and --driver-memory as SparkSettings."""
     settings = SparkSettings()
     overrides: dict[str, Any] = {"conf": parse_conf_pairs(args.conf)}
     if args.master:
         overrides["master"] = args.master
+    if getattr(args, "remote", None):
+        overrides["remote"] = args.remote
     if args.driver_memory:
         overrides["driver_memory"] = args.driver_memory
     return replace(settings, **overrides)

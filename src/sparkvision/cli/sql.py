@@ -54,7 +54,7 @@ def _sql(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"query": args.query, "functions": registered, "views": dict(inputs),
                               "columns": frame.columns}
     if args.out:
-        mode = "overwrite" if args.overwrite else "errorifexists"
+        mode = "overwrite" if args.overwrite else "error"
         frame.write.mode(mode).parquet(args.out)
         written = spark.read.parquet(args.out)
         result.update(out=args.out, rows=written.count(), shown=[_cell(r.asDict(recursive=True))

@@ -52,6 +52,9 @@ class SparkSettings(Validated):
     """How the SparkSession is built: embedded by default, any cluster by ``master``."""
 
     master: str = field(default_factory=lambda: _env("MASTER", "local[*]") or "local[*]")
+    #: A Spark Connect URL (``sc://host:port``, else ``$SPARK_REMOTE``): the session is a Connect
+    #: client of that server and ``master`` is not used.
+    remote: str | None = field(default_factory=lambda: os.environ.get("SPARK_REMOTE") or None)
     app_name: str = "sparkvision"
     conf: dict[str, str] = field(default_factory=dict)
     driver_memory: str = "4g"

@@ -36,6 +36,7 @@ from sparkvision.drift.stats import (
     save_profile,
 )
 from sparkvision.io.schema import CONTENT, ERROR, HEIGHT, IMAGE_SCHEMA, MODE, PATH, WIDTH
+from sparkvision.session import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def reread_images(paths: DataFrame) -> DataFrame:
     from sparkvision.config import IngestSettings
 
     reader = partial(_read_batches, max_bytes=IngestSettings().max_file_bytes)
-    parts = max(1, paths.sparkSession.sparkContext.defaultParallelism)
+    parts = max(1, default_parallelism(paths.sparkSession))
     return paths.select(PATH).repartition(parts).mapInPandas(reader, IMAGE_SCHEMA)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from sparkvision import storage
 from sparkvision.config import DecodeSettings, FeaturizeSettings, IngestSettings, PlanSettings
+from sparkvision.session import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def _sample_frame(spark, contents: Sequence[bytes], copies: int):
 
     rows = [(f"plan-sample://{copy}/{i}", None, content, None, None, None, None, None, None)
             for copy in range(copies) for i, content in enumerate(contents)]
-    return spark.createDataFrame(rows, IMAGE_SCHEMA).repartition(spark.sparkContext.defaultParallelism)
+    return spark.createDataFrame(rows, IMAGE_SCHEMA).repartition(default_parallelism(spark))
 
 
 def _bytes_under(path: str) -> int | None:
@@ -253,7 +254,7 @@ def measure_spark(spark, model_dir: str | Path, contents: Sequence[bytes], setti
     per_image = max(per_image, min_seconds_per_image)
     written = _bytes_under(out)
     return SparkCosts(
-        cores=spark.sparkContext.defaultParallelism,
+        cores=default_parallelism(spark),
         job_fixed_s=max(0.0, warm_large - per_image * large),
         seconds_per_image=per_image,
         first_job_extra_s=max(0.0, first - warm_small),
@@ -318,7 +319,7 @@ def plan(spark, model_dir: str | Path, hours: float, sample: PlanSample, images:
     scratch = scratch or tempfile.mkdtemp(prefix="sparkvision-plan-")
     try:
         core = measure_core(model_dir, sample.contents, settings.repeats, int8, decode)
-        cores = spark.sparkContext.defaultParallelism
+        cores = default_parallelism(spark)
         costs = measure_spark(spark, model_dir, sample.contents, settings, scratch,
                               (core.decode_ms + (core.model_ms or 0.0)) / 1e3 / cores)
     finally:

@@ -316,7 +316,7 @@ def predict(
     predictions = model.written(frame)
     with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "predict"):
-            predictions.write.mode("errorifexists").parquet(staging)
+            predictions.write.mode("error").parquet(staging)
         written = spark.read.parquet(staging)
         with spark_progress(spark, "check"):
             rows = check_every_row_once(frame.select(PATH), written.select(PATH))

@@ -80,7 +80,7 @@ def write_dataset(
     detect = OBJECTS in frame.columns
     frame = frame.select(*(DETECTION_COLUMNS if detect else IMAGE_COLUMNS))
     with storage.atomic_dir(uri, spark, overwrite=overwrite) as staging:
-        frame.write.mode("errorifexists").parquet(staging)
+        frame.write.mode("error").parquet(staging)
         manifest = summarize_written(spark, staging, source)
         if detect:
             manifest.task = "detect"

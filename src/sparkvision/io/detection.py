@@ -55,6 +55,7 @@ from sparkvision.io.annotations import (
 from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.io.schema import CLIPPED_BOXES, DETECTION_COLUMNS, DETECTION_SCHEMA, OBJECTS
 from sparkvision.io.sources import ProbeLevel, _conf_bytes, _read_local, describe_rows, is_hidden
+from sparkvision.session import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ def _read_tasks(
 ) -> DataFrame:
     max_partition = _conf_bytes(spark, "spark.sql.files.maxPartitionBytes", "128m")
     total = int(tasks["size"].clip(lower=0).sum()) if len(tasks) else 0
-    parallelism = spark.sparkContext.defaultParallelism
+    parallelism = default_parallelism(spark)
     partitions = max(1, min(len(tasks), max(parallelism, math.ceil(total / max_partition))))
     frame = spark.createDataFrame(tasks, schema=_TASK_SCHEMA).repartition(partitions)
     reader = partial(_describe_batches, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe,

@@ -37,6 +37,7 @@ from sparkvision.config import DecodeSettings, IngestSettings
 from sparkvision.io.decode import probe_image
 from sparkvision.io.errors import ErrorKind, ImageError
 from sparkvision.io.schema import IMAGE_COLUMNS, IMAGE_SCHEMA
+from sparkvision.session import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +231,30 @@ def _read_listing(
     """Executors read and check listed local files, in partitions of about maxPartitionBytes."""
     max_partition = _conf_bytes(spark, "spark.sql.files.maxPartitionBytes", "128m")
     total = int(files["size"].clip(lower=0).sum()) if len(files) else 0
-    parallelism = spark.sparkContext.defaultParallelism
+    parallelism = default_parallelism(spark)
     partitions = max(1, min(len(files), max(parallelism, math.ceil(total / max_partition))))
     frame = spark.createDataFrame(files, schema=_LISTING_SCHEMA).repartition(partitions)
     reader = partial(_read_listed_batches, max_bytes=ingest.max_file_bytes, decode=decode, probe=probe)
     return frame.mapInPandas(reader, IMAGE_SCHEMA)
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30,
+               "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "p": 1 << 50, "pb": 1 << 50}
+_BYTE_STRING = re.compile(r"([0-9]+)([a-z]*)")
+
+
+def byte_string_bytes(text: str) -> int:
+    """A Spark size string (``64m``, ``1g``, ``134217728``) in bytes, by the rules of Spark's
+    ``JavaUtils.byteStringAsBytes`` (case-insensitive binary units, no fractions), without a JVM."""
+    match = _BYTE_STRING.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _BYTE_UNITS:
+        raise ValueError(f"{text!r} is not a Spark size (a whole number with an optional unit b, k, m, g, t or p)")
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2)]
+
+
 def _conf_bytes(spark: SparkSession, key: str, default: str) -> int:
-    """A size setting (``64m``, ``134217728``) parsed as Spark itself parses it."""
-    text = spark.conf.get(key, default) or default
-    return int(spark.sparkContext._jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(text))
+    """A size setting (``64m``, ``134217728``) parsed as Spark itself parses it (classic or Connect)."""
+    return byte_string_bytes(spark.conf.get(key, default) or default)
 
 
 def _case_insensitive_glob(extensions: tuple[str, ...]) -> str:

@@ -41,6 +41,7 @@ from pyspark.sql import functions as F
 from sparkvision import storage
 from sparkvision.config import TransferSettings
 from sparkvision.io.schema import CONTENT, ERROR, LABEL
+from sparkvision.session import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def estimate_cost(spark: SparkSession, names: list[str], train: DataFrame, train
     if not samples:
         raise ValueError("fit --auto found no readable training image to measure on")
     threads = task_cpus(spark)
-    slots = max(1, spark.sparkContext.defaultParallelism // threads)
+    slots = max(1, default_parallelism(spark) // threads)
     images = train_images + val_images
     per_image = measure_featurize(names, samples, threads, settings.tta, settings.batch_size)
     backbones = [{"backbone": n, "per_image_seconds": round(t, 5), "estimate_seconds": round(images * t / slots, 2)}

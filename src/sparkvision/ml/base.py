@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from sparkvision.config import QuantizeSettings
 from sparkvision.models.runner import PRECISIONS, TTA_MODES, ModelSource
+from sparkvision.session import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,10 @@ class OnnxImageTransformer(
             return self.calibrate(dataset).model_source()
 
     # ----- observability
-    def _rows_counter(self, spark: SparkSession) -> Accumulator:
+    def _rows_counter(self, spark: SparkSession) -> Accumulator | None:
+        """The accumulator behind :attr:`rows_processed`; None over Spark Connect, which has no accumulators."""
+        if is_connect(spark):
+            return None
         sc = spark.sparkContext
         if self._counter is None or self._counter_app != sc.applicationId:
             self._counter = sc.accumulator(0)
@@ -263,7 +267,7 @@ class OnnxImageTransformer(
         """Rows this stage's UDF has handled in finished Spark tasks, over all its transforms.
 
         It shows how often the CNN really ran: a cached featurized DataFrame that is
-        reused adds nothing.
+        reused adds nothing. Over Spark Connect (no accumulators) it stays 0.
         """
         return int(self._counter.value) if self._counter is not None else 0
 

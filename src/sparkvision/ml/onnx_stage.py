@@ -2,7 +2,8 @@
 
 * The model is a :class:`~sparkvision.models.runner.ModelSource`, resolved on the
   driver from the registry, a model directory, or bytes embedded in a saved stage.
-* The bytes reach executors as a Spark broadcast keyed by their SHA-256, so a real
+* The bytes reach executors through :func:`ship_model`, once per session and SHA-256: a
+  Spark broadcast on a classic session, a session artifact over Spark Connect, so a real
   cluster needs no shared filesystem and no cache on its workers. Each Python task
   runs them through a :mod:`sparkvision.models.runner` runner, whose ONNX Runtime
   session is built once per model per worker and reused by every later batch and task.
@@ -16,6 +17,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -24,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark import Accumulator, SparkContext
+from pyspark import Accumulator
 from pyspark.broadcast import Broadcast
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import (
@@ -42,25 +45,70 @@ from pyspark.sql.types import (
 from sparkvision.config import PreprocessConfig
 from sparkvision.io.image_source import is_image_struct, model_inputs, struct_pixels
 from sparkvision.models.runner import ClassifierRunner, ModelSource
+from sparkvision.session import is_connect
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- driver: broadcasts
+# ---------------------------------------------------------------- driver: shipping the model
 
-_BROADCASTS: dict[tuple[str, str], Broadcast] = {}
-_BROADCAST_LOCK = threading.Lock()
+ModelBytes = Callable[[], bytes]
+"""A picklable loader of a model's bytes on an executor, called only by a process that has not
+built that model's session yet (runners cache sessions per digest, one per Python worker)."""
+
+_SHIPPED: dict[tuple[str, str], ModelBytes] = {}
+_SHIP_LOCK = threading.Lock()
 
 
-def broadcast_model(sc: SparkContext, source: ModelSource) -> Broadcast:
-    """One broadcast of the model bytes per (application, digest), shared by every stage using it."""
-    key = (sc.applicationId, source.digest)
-    with _BROADCAST_LOCK:
-        found = _BROADCASTS.get(key)
-        if found is None:
-            found = sc.broadcast(source.data)
-            _BROADCASTS[key] = found
-            log.debug("broadcast ONNX model %s (%s, %.1f MB)", source.name, source.digest[:12], len(source.data) / 1e6)
+class _FromBroadcast:
+    """Classic sessions: the bytes as a Spark broadcast, fetched once per executor."""
+
+    def __init__(self, broadcast: Broadcast) -> None:
+        self.broadcast = broadcast
+
+    def __call__(self) -> bytes:
+        return self.broadcast.value
+
+
+class _FromArtifact:
+    """Spark Connect: the bytes as a session artifact (``spark.addArtifacts(file=True)``), which Spark
+    copies to every executor's working files; read from there by ``SparkFiles``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self) -> bytes:
+        from pyspark import SparkFiles
+
+        with open(SparkFiles.get(self.name), "rb") as handle:
+            return handle.read()
+
+
+def ship_model(spark: SparkSession, source: ModelSource) -> ModelBytes:
+    """Make ``source``'s bytes reachable from every executor of ``spark``, once per (session, digest).
+
+    The one place that does it, for every stage, SQL function and tiling job: a broadcast on a
+    classic session, an artifact over Spark Connect (which has neither SparkContext nor broadcasts).
+    """
+    connect = is_connect(spark)
+    key = (spark.session_id if connect else spark.sparkContext.applicationId, source.digest)
+    with _SHIP_LOCK:
+        found = _SHIPPED.get(key)
+        if found is not None:
+            return found
+        if connect:
+            name = f"sparkvision-model-{source.digest}.onnx"
+            with tempfile.TemporaryDirectory(prefix="sparkvision-ship-") as folder:
+                path = os.path.join(folder, name)
+                with open(path, "wb") as handle:
+                    handle.write(source.data)
+                spark.addArtifacts(path, file=True)
+            found = _FromArtifact(name)
+        else:
+            found = _FromBroadcast(spark.sparkContext.broadcast(source.data))
+        _SHIPPED[key] = found
+        log.debug("shipped ONNX model %s (%s, %.1f MB) as %s", source.name, source.digest[:12],
+                  len(source.data) / 1e6, "an artifact" if connect else "a broadcast")
         return found
 
 
@@ -154,7 +202,7 @@ def _result_type(mapper: OutputMapper) -> StructType:
     return StructType([*mapper.fields, StructField("error", StringType(), True)])
 
 
-def make_udf(bc: Broadcast, spec: KernelSpec, counter: Accumulator | None,
+def make_udf(model: ModelBytes, spec: KernelSpec, counter: Accumulator | None,
              field: str | None = None) -> Callable[[Column], Column]:
     """The scalar-iterator pandas UDF: bytes (or image structs) in, a struct of result columns and ``error`` out
     (only the result column ``field``, when given: what a SQL function returning a vector needs)."""
@@ -163,7 +211,7 @@ def make_udf(bc: Broadcast, spec: KernelSpec, counter: Accumulator | None,
         result_type = result_type[field].dataType
 
     def results(batches: Iterator[pd.Series]) -> Iterator[dict[str, list[Any]]]:
-        runner = spec.runner(lambda: bc.value)  # its session is built on first use, the broadcast read then
+        runner = spec.runner(model)  # its session is built on first use, the bytes read then
         for contents in batches:
             columns = spec.mapper(runner, model_inputs(contents))
             if counter is not None:
@@ -212,11 +260,11 @@ def run_model(
     if clashes:
         raise ValueError(f"output column(s) {clashes} already exist; choose other names")
     spark = frame.sparkSession
-    bc = broadcast_model(spark.sparkContext, source)
+    model = ship_model(spark, source)
     source.output(mapper.role)  # on the driver: a missing output fails here, not in every task
     spec = KernelSpec(source.name, source.digest, source.preprocess, dict(source.outputs), source.labels,
                       batch_size, threads, mapper, tta)
-    udf = make_udf(bc, spec, counter)
+    udf = make_udf(model, spec, counter)
     has_error = error_col in frame.columns
     image = struct_pixels(F.col(input_col)) if image_struct else F.col(input_col)
     content = F.when(F.col(error_col).isNull(), image) if has_error else image

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from sparkvision.session import default_parallelism
+
 
 def _uniform(row: F.Column, salt: int | F.Column, seed: int) -> F.Column:
     """A uniform in (0, 1) from a 64-bit hash: deterministic, unlike rand() inside a lambda."""
@@ -35,7 +37,7 @@ def synthetic_predictions(
 ) -> DataFrame:
     """``rows`` predictions in the predictions schema, with error rows and unlabeled rows mixed in."""
     labels = synthetic_labels(classes)
-    frame = spark.range(0, rows, numPartitions=partitions or spark.sparkContext.defaultParallelism)
+    frame = spark.range(0, rows, numPartitions=partitions or default_parallelism(spark))
     row = F.col("id")
     label_index = F.floor(_uniform(row, -1, seed) * classes).cast("int")
     frame = frame.select(row, label_index.alias("_t"), _uniform(row, -2, seed).alias("_u"))

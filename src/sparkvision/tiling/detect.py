@@ -253,13 +253,13 @@ class TileBatchDetector:
 
 def _runner_factory(spark: SparkSession, model_dir: str | Path, kind: str, batch_size: int,
                     settings: DecodeSettings | None = None):
-    """A picklable zero-argument factory of a runner on this model's broadcast bytes, and its labels."""
-    from sparkvision.ml.onnx_stage import broadcast_model
+    """A picklable zero-argument factory of a runner on this model's shipped bytes, and its labels."""
+    from sparkvision.ml.onnx_stage import ship_model
     from sparkvision.models.runner import from_model_dir
     from sparkvision.session import task_cpus
 
     source = from_model_dir(model_dir)
-    bc = broadcast_model(spark.sparkContext, source)
+    model = ship_model(spark, source)
     meta = dict(preprocess=source.preprocess, outputs=dict(source.outputs), labels=source.labels,
                 name=source.name, key=source.digest, threads=task_cpus(spark), batch_size=batch_size)
 
@@ -267,11 +267,11 @@ def _runner_factory(spark: SparkSession, model_dir: str | Path, kind: str, batch
         if kind == "detector":
             from sparkvision.detection.runner import DetectorRunner
 
-            return DetectorRunner(lambda: bc.value, meta["preprocess"], settings=settings,
+            return DetectorRunner(model, meta["preprocess"], settings=settings,
                                   **{k: v for k, v in meta.items() if k != "preprocess"})
         from sparkvision.models.runner import ClassifierRunner
 
-        return ClassifierRunner(lambda: bc.value, meta["preprocess"],
+        return ClassifierRunner(model, meta["preprocess"],
                                 **{k: v for k, v in meta.items() if k != "preprocess"})
 
     return make, list(source.labels or ())
@@ -484,7 +484,7 @@ def write_tile_detections(
     card = load_card(detector_dir)
     with storage.atomic_dir(out, spark, overwrite=overwrite) as staging:
         with spark_progress(spark, "tile-detect"):
-            images.write.mode("errorifexists").parquet(staging)
+            images.write.mode("error").parquet(staging)
         written = spark.read.parquet(staging)
         _check_sources(sources, written)
         summary = {"out": out, **summarize(written), **(extra or {})}

@@ -66,6 +66,7 @@ from sparkvision import storage
 from sparkvision.config import DecodeSettings, IngestSettings, TilingSettings
 from sparkvision.io.load import load_images, resolve_kind
 from sparkvision.io.sources import list_folder
+from sparkvision.session import default_parallelism
 from sparkvision.tiling.readers import TILE_EXTENSIONS
 from sparkvision.tiling.tiler import TILE_COLUMNS, Unit, plan_source, run_unit
 
@@ -181,7 +182,7 @@ def tile(
         (F.col("content") if "content" in frame.columns else F.lit(None)).cast("binary").alias("content"),
     )
     spark = frame.sparkSession
-    partitions = settings.partitions or 2 * spark.sparkContext.defaultParallelism
+    partitions = settings.partitions or 2 * default_parallelism(spark)
     plan = sources.mapInPandas(partial(_plan_batches, settings=settings, decode=decode), _PLAN_SCHEMA)
     # Round-robin over tasks: the units of one huge scene land in different tasks.
     return plan.repartition(partitions).mapInPandas(
@@ -325,7 +326,7 @@ def write_tiles(
 ) -> TileManifest:
     """Write tile rows atomically, with a manifest of counts (``_sparkvision_tiles.json``)."""
     with storage.atomic_dir(uri, spark, overwrite=overwrite) as staging:
-        frame.select(*TILE_COLUMNS).write.mode("errorifexists").parquet(staging)
+        frame.select(*TILE_COLUMNS).write.mode("error").parquet(staging)
         manifest = summarize_tiles(spark.read.parquet(staging))
         manifest.source = source
         manifest.settings = asdict(settings) if settings else {}
