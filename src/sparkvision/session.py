@@ -84,6 +84,13 @@ def is_connect(spark: SparkSession) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+def master_of(spark: SparkSession) -> str:
+    """The master URL the session runs on (over Connect, the server's ``spark.master``)."""
+    if is_connect(spark):
+        return spark.conf.get("spark.master", None) or ""
+    return spark.sparkContext.master
+
+
 def default_parallelism(spark: SparkSession) -> int:
     """``sparkContext.defaultParallelism``; over Connect ``spark.default.parallelism``, else the
     server's local[N] cores, else 2 (the cluster's cores cannot be asked for without a SparkContext)."""
@@ -92,7 +99,7 @@ def default_parallelism(spark: SparkSession) -> int:
     value = spark.conf.get("spark.default.parallelism", None)
     if value:
         return max(1, int(value))
-    master = spark.conf.get("spark.master", None) or ""
+    master = master_of(spark)
     if master.startswith("local[") and master[6:-1].isdigit():
         return int(master[6:-1])
     if master == "local":

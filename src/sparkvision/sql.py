@@ -17,14 +17,13 @@ session:
 ``content`` is encoded image bytes (``binary``: a sparkvision dataset's or the
 ``binaryFile`` source's ``content``). Both functions run the directory's ``model.onnx``
 through the kernel of :class:`~sparkvision.ml.predictor.ImagePredictor` and
-:class:`~sparkvision.ml.featurizer.ImageFeaturizer` (one broadcast of the graph, one
-ONNX Runtime session per Python worker, decode and preprocessing by the model's card),
+:class:`~sparkvision.ml.featurizer.ImageFeaturizer` (the graph shipped once by
+:func:`~sparkvision.ml.onnx_stage.ship_model`, one ONNX Runtime session per Python worker, decode and preprocessing by the model's card),
 so they give what batch prediction gives. A ``spark_pipeline`` model (``sparkvision
 fit``) runs its ``model.onnx``, the exported pipeline that ``export`` checked against
 Spark; one without it (random forests, GBTs) cannot be a SQL function.
 
-Classic sessions only, for now: the graph travels as a ``SparkContext`` broadcast, which
-a Spark Connect client does not have.
+Classic sessions and Spark Connect alike: over Connect the graph travels as a session artifact.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from typing import Any
 from sparkvision import __version__, storage
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.config.training import TrainConfig
+from sparkvision.session import master_of
 from sparkvision.training.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from sparkvision.training.data import prepare_sources, read_index
 from sparkvision.training.engine import RESULT_PATH_ENV, publish_rank0_result, run_rank
@@ -226,7 +227,7 @@ def fit(
             raise ValueError(f"classes {unknown} of {train} are not among the model's labels {list(labels)}")
         classes = list(labels)
 
-    master = spark.sparkContext.master
+    master = master_of(spark)
     local_mode = config.scaling.local_mode if config.scaling.local_mode is not None else master.startswith("local")
     use_gpu = config.scaling.use_gpu
     if use_gpu is None:
