@@ -31,7 +31,7 @@ from typing import Any
 from sparkvision import __version__, storage
 from sparkvision.config import DecodeSettings, PreprocessConfig
 from sparkvision.config.training import TrainConfig
-from sparkvision.session import master_of
+from sparkvision.session import is_connect, master_of
 from sparkvision.training.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from sparkvision.training.data import prepare_sources, read_index
 from sparkvision.training.engine import RESULT_PATH_ENV, publish_rank0_result, run_rank
@@ -204,6 +204,9 @@ def fit(
     """
     # Everything that can be checked before Spark writes anything: the config validated
     # itself; the task must measure the monitor, the registry must know the network.
+    if is_connect(spark):
+        # pyspark 4.3's TorchDistributor has a Connect mode, but sparkvision's ranks are not tested on it.
+        raise ValueError("train needs a classic Spark session (--master), not Spark Connect (--remote)")
     task_class(task).check_monitor(config.monitor)
     if preprocess is not None and config.model.normalize == "data":
         raise ValueError("a given preprocessing and normalize='data' contradict each other")
