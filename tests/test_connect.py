@@ -177,3 +177,17 @@ def test_python_api_over_connect(spark, connect_url, fitted_imagenette, referenc
         assert prediction == rows[path]["prediction"] and (error is None) == (rows[path]["error"] is None), path
     assert got["refused"] is not None and "classic session" in got["refused"] and "\n" not in got["refused"]
     assert got["rows_processed"] == 0  # no accumulators over Connect
+
+
+def test_size_strings_parse_as_spark_parses_them(spark):
+    """Sizes are read without a JVM (there is none over Connect), as Spark's own JavaUtils reads them."""
+    from sparkvision.io.sources import byte_string_bytes
+
+    java = spark.sparkContext._jvm.org.apache.spark.network.util.JavaUtils
+    for text in ("134217728", "64m", "64M", "1g", "512k", "3kb", "2GB", "1t", " 7b ", "0"):
+        assert byte_string_bytes(text) == java.byteStringAsBytes(text), text
+    for text in ("1.5g", "12x", "", "m"):
+        with pytest.raises(ValueError):
+            byte_string_bytes(text)
+        with pytest.raises(Exception):  # noqa: B017 - py4j wraps Java's NumberFormatException
+            java.byteStringAsBytes(text)
