@@ -50,13 +50,13 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.utils import is_remote
 
 from sparkvision import storage
 from sparkvision.config import PreprocessConfig, TransferSettings
 from sparkvision.io.schema import CONTENT, ERROR, LABEL, PATH
 from sparkvision.ml.base import HasErrorCol
 from sparkvision.ml.featurizer import ImageFeaturizer
+from sparkvision.session import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,22 @@ def feature_matrix(prepared: DataFrame, max_rows: int, seed: int, total: int | N
 
 
 def logreg_model(estimator: LogisticRegression, coefficients: np.ndarray,
-                 intercepts: np.ndarray) -> LogisticRegressionModel:
-    """The multinomial MLlib model with these parameters, as ``estimator.fit`` returns one (classic sessions)."""
+                 intercepts: np.ndarray, prepared: DataFrame | None = None) -> LogisticRegressionModel:
+    """The multinomial MLlib model with these parameters, as ``estimator.fit`` returns one.
+
+    A classic session builds it in the JVM directly. Over Spark Connect (no JVM here) MLlib fits it
+    on ``prepared`` with every coefficient and intercept bounded to its value from above and below,
+    so its optimiser has nothing to move: a few Spark jobs instead of one per L-BFGS step.
+    """
+    if prepared is not None and is_connect(prepared.sparkSession):
+        k, d = coefficients.shape
+        matrix = DenseMatrix(k, d, np.asarray(coefficients, dtype=np.float64).ravel(order="F").tolist())
+        vector = DenseVector(np.asarray(intercepts, dtype=np.float64).tolist())
+        pinned = estimator.copy({estimator.lowerBoundsOnCoefficients: matrix,
+                                 estimator.upperBoundsOnCoefficients: matrix,
+                                 estimator.lowerBoundsOnIntercepts: vector,
+                                 estimator.upperBoundsOnIntercepts: vector})
+        return pinned.fit(prepared)
     from pyspark import SparkContext
     from pyspark.ml.common import _py2java
 
@@ -295,7 +309,7 @@ def fit_head(prepared: DataFrame, settings: TransferSettings, num_features: int,
     vectors (:func:`sparkvision.ml.selection.select_logreg`). The chosen model on every row
     is solved on the driver when every row is there already (:func:`~sparkvision.ml.selection.fit_logreg`,
     the same optimum as MLlib's, handed to MLlib by :func:`logreg_model`); above
-    ``logreg_select_max_rows`` rows, or over Spark Connect, MLlib fits it. Other classifiers:
+    ``logreg_select_max_rows`` rows, MLlib fits it. Other classifiers:
     ``settings.grid`` runs MLlib's ``CrossValidator``.
     """
     if _selects_logreg(settings):
@@ -315,12 +329,12 @@ def fit_head(prepared: DataFrame, settings: TransferSettings, num_features: int,
         )
         resolved = replace(settings, logreg_reg_param=chosen.reg_param, logreg_standardization=chosen.standardization)
         estimator = build_classifier(resolved, num_features, num_classes)
-        if total <= settings.logreg_select_max_rows and len(np.unique(labels)) == num_classes and not is_remote():
+        if total <= settings.logreg_select_max_rows and len(np.unique(labels)) == num_classes:
             # Every row is on the driver already: solve MLlib's objective there (seconds) and
             # hand MLlib the optimum, instead of one Spark job per L-BFGS step (minutes).
             coefficients, intercepts = fit_logreg(features, labels, num_classes, chosen.reg_param,
                                                   chosen.standardization, max_iter=settings.logreg_max_iter)
-            model = logreg_model(estimator, coefficients, intercepts)
+            model = logreg_model(estimator, coefficients, intercepts, prepared)
         else:
             model = estimator.fit(prepared)
         results = [{"params": {"regParam": s.reg_param, "standardization": s.standardization},
