@@ -132,7 +132,12 @@ def _quantize(source: Path, staged: Path, settings: QuantizeSettings, calibratio
     else:
         if calibration is None:
             raise ValueError("static quantisation needs calibration images")
-        reader = TensorCalibrationReader(calibration, input_name(source), settings.calibration_batch)
+        batch = settings.calibration_batch
+        if settings.calibrate_method != "minmax" and len(calibration) > batch and len(calibration) % batch:
+            # ONNX Runtime's histogram calibrators stack every batch's activations into one array, so a
+            # shorter last batch fails there ("inhomogeneous shape"): whole batches only.
+            calibration = calibration[: len(calibration) - len(calibration) % batch]
+        reader = TensorCalibrationReader(calibration, input_name(source), batch)
         log.info("calibrating on %d images (%s), per-channel weights: %s", len(reader),
                  settings.calibrate_method, settings.per_channel)
         quantize_static(
