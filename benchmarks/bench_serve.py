@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import IMAGENETTE, Result, table  # noqa: E402
+
+from sparkvision.testing.server import free_port, wait_until_ready  # noqa: E402
 
 TITLE = "HTTP serving: throughput and latency with micro-batching on vs off"
 CONCURRENCY = (1, 8, 32)
@@ -81,28 +82,6 @@ def loadgen_main(argv: list[str]) -> None:
 # ---------------------------------------------------------------- the benchmark
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("the server did not become ready")
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -134,14 +113,14 @@ def run(quick: bool) -> Result:
     model_dir = export_registered("efficientnet_lite0", Path(tempfile.mkdtemp(prefix="sv-bench-serve-")) / "model")
     rows, figures = [], {"requests_per_level": requests, "time_limit_s": seconds, "levels": []}
     for batching in (True, False):
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [PYTHON, "-m", "sparkvision.cli.main", "serve", "-q", "--model", str(model_dir), "--port", str(port)]
         if not batching:
             cmd.append("--no-batching")
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            _wait_ready(url, server)
+            wait_until_ready(url, lambda server=server: server.poll() is None, timeout=180)
             for clients in CONCURRENCY:
                 calls0, images0 = _batch_stats(url)
                 out = subprocess.run([PYTHON, str(Path(__file__).resolve()), "--loadgen", url, str(clients),

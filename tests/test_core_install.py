@@ -15,16 +15,16 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
 from filelock import FileLock
+
+from sparkvision.testing.server import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "venv-core"
@@ -65,12 +65,6 @@ def _sparkvision(python: Path, cwd: Path, *args: object) -> subprocess.Completed
                           capture_output=True, text=True, timeout=900)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_core_venv_has_no_torch_and_its_commands_load(core_python, tmp_path):
     probe = ("import importlib.util as u, sys; import sparkvision.cli.main as m; m.build_parser(); "
              "import sparkvision.inference.predict, sparkvision.ml, sparkvision.evaluation.report, "
@@ -99,22 +93,17 @@ def test_core_install_fits_predicts_and_serves_without_torch(core_python, imagen
     rows = {Path(r["path"]).name: r["prediction"] for r in pq.read_table(tmp_path / "p").to_pylist()}
     assert sum(rows[p.name] == p.parent.name for p in chosen) >= 7  # 30 training photos: most right
 
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([str(core_python), "-m", "sparkvision.cli.main", "serve", "--model", "m",
                                "--host", "127.0.0.1", "--port", str(port)], env=_env(tmp_path), cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=log)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        try:
+            wait_until_ready(url, lambda: server.poll() is None)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}: {(tmp_path / 'serve.log').read_text()[-2000:]}")
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in chosen]
         response = httpx.post(f"{url}/v1/predict", files=files, timeout=120)
         assert response.status_code == 200, response.text

@@ -9,8 +9,33 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(url: str, alive: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Poll ``url/readyz`` until it answers 200; fail at once if ``alive()`` turns false, or after ``timeout``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if not alive():
+            raise RuntimeError("the server died during startup")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not become ready")
+        time.sleep(0.1)
 
 
 class LiveServer:
@@ -22,7 +47,6 @@ class LiveServer:
 @contextmanager
 def live_server(app, timeout: float = 120.0) -> Iterator[LiveServer]:
     """Run ``app`` under uvicorn on a free loopback port until the block ends."""
-    import httpx
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -33,19 +57,8 @@ def live_server(app, timeout: float = 120.0) -> Iterator[LiveServer]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if not thread.is_alive():
-                raise RuntimeError("the server thread died during startup")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the server did not become ready")
-            time.sleep(0.1)
+        wait_until_ready(url, thread.is_alive, timeout)
         yield LiveServer(url, server)
     finally:
         server.should_exit = True
