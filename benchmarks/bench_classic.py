@@ -27,7 +27,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from bench_finetune import fashion_datasets  # noqa: E402
-from common import IMAGENETTE, Result, table  # noqa: E402
+from common import IMAGENETTE, Result, predict_rate, table  # noqa: E402
 
 TITLE = "Classic features: HOG + PCA + logistic regression against Lite0 features (imagenette-mini, Fashion-MNIST)"
 SETS = {"imagenette": "imagenette-mini 800 / 400", "fashion": "Fashion-MNIST 4,000 / 1,500"}
@@ -56,23 +56,6 @@ def run_fit(train: str, val: str, flags: list[str], out: Path) -> dict:
     provenance = load_card(out).provenance
     return {**json.loads(done.stdout), "wall_seconds": seconds,
             **{k: provenance.get(k) for k in ("featurize_seconds", "head_seconds", "fit_seconds")}}
-
-
-def predict_rate(spark, model_dir: Path, val: str, warm_runs: int = 1) -> dict:
-    """Images/s of the saved model on ``val``: the full pipeline to Spark's noop sink, cold then warm."""
-    from sparkvision.inference.predict import load_model
-    from sparkvision.io import load_images
-
-    model = load_model(model_dir)
-    rows = load_images(spark, val, probe="header").count()
-    times = []
-    for _ in range(1 + warm_runs):
-        frame = load_images(spark, val, probe="header")
-        started = time.perf_counter()
-        model.predictions(frame).write.format("noop").mode("overwrite").save()
-        times.append(time.perf_counter() - started)
-    return {"rows": rows, "cold_seconds": times[0], "warm_seconds": min(times[1:]),
-            "images_per_s": rows / min(times[1:])}
 
 
 def report(results: dict[str, dict[str, dict]]) -> Result:

@@ -18,31 +18,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import IMAGENETTE, Result, table  # noqa: E402
+from common import IMAGENETTE, Result, imagenet_model, predict_rate, table  # noqa: E402
 
 TITLE = "Batch predict over Spark Connect against a classic session (same photos, model and cores)"
 WARM_RUNS = 2
-
-
-def imagenet_model(out: Path) -> Path:
-    """A model directory of kind ``onnx``: pretrained EfficientNet-Lite0 and its 1000 ImageNet labels."""
-    from sparkvision.models import get_spec
-    from sparkvision.models.model_dir import ModelCard, save_card
-    from sparkvision.models.onnx_export import registered_onnx
-
-    spec = get_spec("efficientnet_lite0")
-    out.mkdir(parents=True)
-    shutil.copyfile(registered_onnx("efficientnet_lite0"), out / "model.onnx")
-    save_card(out, ModelCard(name="imagenet-lite0", kind="onnx", labels=list(spec.labels),
-                             preprocess=spec.preprocess, architecture="efficientnet_lite0"))
-    return out
 
 
 def photos(out: Path, per_class: int | None) -> Path:
@@ -64,17 +49,9 @@ def measure(remote: str | None, model_dir: str, src: str) -> dict:
     from sparkvision.session import get_spark
 
     spark = get_spark(SparkSettings(master="local[2]", remote=remote, driver_memory="2g", app_name="bench-connect"))
-    model = load_model(model_dir)
-    rows = load_images(spark, src, probe="header").count()
-    times = []
-    for _ in range(1 + WARM_RUNS):
-        frame = load_images(spark, src, probe="header")
-        started = time.perf_counter()
-        model.predictions(frame).write.format("noop").mode("overwrite").save()
-        times.append(time.perf_counter() - started)
-    counted = model.predictions(load_images(spark, src, probe="header")).where("error IS NULL").count()
-    return {"rows": rows, "predicted": counted, "cold_seconds": times[0], "warm_seconds": min(times[1:]),
-            "images_per_s": rows / min(times[1:])}
+    rate = predict_rate(spark, model_dir, src, WARM_RUNS)
+    counted = load_model(model_dir).predictions(load_images(spark, src, probe="header")).where("error IS NULL").count()
+    return {**rate, "predicted": counted}
 
 
 def child(remote: str | None, model_dir: Path, src: Path) -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import IMAGENETTE, Result, table  # noqa: E402
+from common import IMAGENETTE, Result, imagenet_model, table  # noqa: E402
 
 TITLE = "Streaming prediction: throughput against batch predict, and latency from landing to row"
 MASTER = "local[2]"
@@ -62,19 +62,6 @@ def _photos(dst: Path, count: int | None) -> list[Path]:
         target.write_bytes(resized_jpeg(file))
         out.append(target)
     return out
-
-
-def _model_dir(dst: Path) -> Path:
-    from sparkvision.models import get_spec
-    from sparkvision.models.model_dir import ModelCard, save_card
-    from sparkvision.models.onnx_export import registered_onnx
-
-    spec = get_spec("efficientnet_lite0")
-    dst.mkdir(parents=True)
-    shutil.copyfile(registered_onnx("efficientnet_lite0"), dst / "model.onnx")
-    save_card(dst, ModelCard(name="imagenet-lite0", kind="onnx", labels=list(spec.labels),
-                             preprocess=spec.preprocess, architecture="efficientnet_lite0"))
-    return dst
 
 
 def _batch(spark, model: Path, folder: Path, out: Path) -> float:
@@ -156,7 +143,7 @@ def run(quick: bool = False) -> Result:
     try:
         count = 100 if quick else None
         photos = _photos(work / "photos", count)
-        model = _model_dir(work / "model")
+        model = imagenet_model(work / "model")
         n = len(photos)
         per_trigger = 50
         _batch(spark, model, work / "photos", work / "batch")  # warm: workers, sessions

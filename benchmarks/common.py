@@ -52,6 +52,39 @@ def transform_runs(spark, stage, folder: Path, rows: int, repeat: int) -> tuple[
     return times[0], times[1:]
 
 
+def imagenet_model(out: Path) -> Path:
+    """A model directory of kind ``onnx``: pretrained EfficientNet-Lite0 and its 1000 ImageNet labels."""
+    import shutil
+
+    from sparkvision.models import get_spec
+    from sparkvision.models.model_dir import ModelCard, save_card
+    from sparkvision.models.onnx_export import registered_onnx
+
+    spec = get_spec("efficientnet_lite0")
+    out.mkdir(parents=True)
+    shutil.copyfile(registered_onnx("efficientnet_lite0"), out / "model.onnx")
+    save_card(out, ModelCard(name="imagenet-lite0", kind="onnx", labels=list(spec.labels),
+                             preprocess=spec.preprocess, architecture="efficientnet_lite0"))
+    return out
+
+
+def predict_rate(spark, model_dir, src: str, warm_runs: int = 1) -> dict[str, Any]:
+    """Images/s of a model directory on ``src``: its predictions to Spark's noop sink, cold then warm."""
+    from sparkvision.inference.predict import load_model
+    from sparkvision.io import load_images
+
+    model = load_model(model_dir)
+    rows = load_images(spark, src, probe="header").count()
+    times = []
+    for _ in range(1 + warm_runs):
+        frame = load_images(spark, src, probe="header")
+        started = time.perf_counter()
+        model.predictions(frame).write.format("noop").mode("overwrite").save()
+        times.append(time.perf_counter() - started)
+    return {"rows": rows, "cold_seconds": times[0], "warm_seconds": min(times[1:]),
+            "images_per_s": rows / min(times[1:])}
+
+
 def peak_rss_mib(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024.0
