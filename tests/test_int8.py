@@ -65,8 +65,10 @@ def test_featurizer_int8_calibrates_on_its_frame_saves_the_graph_and_matches_onn
         ImageFeaturizer(precision="int4")
 
 
-def test_the_guard_refuses_an_int8_graph_calibrated_on_black_images(spark, imagenette, fitted_imagenette):
-    """A calibration that never saw a real activation range clips everything: the guard keeps fp32."""
+def test_the_guard_refuses_an_int8_graph_calibrated_on_the_wrong_range(spark, imagenette, fitted_imagenette):
+    """Calibrated on inputs a thousand times too bright, every quantisation step is so wide that real
+    activations round to a few levels: the guard keeps fp32. (Constant black images are not enough:
+    the batch norms' biases still give the layers a usable range.)"""
     from sparkvision.deploy.int8 import judge, quantize_source
     from sparkvision.deploy.measure import read_image_set
     from sparkvision.models.runner import from_model_dir
@@ -74,8 +76,7 @@ def test_the_guard_refuses_an_int8_graph_calibrated_on_black_images(spark, image
     source = from_model_dir(fitted_imagenette["model_dir"])
     val = read_image_set(spark, str(imagenette / "val"), source.preprocess, 60)
     good = quantize_source(source, val.tensor[:30])
-    black = np.full((8, *val.tensor.shape[1:]), val.tensor.min(), dtype=np.float32)
-    broken = quantize_source(source, black)
+    broken = quantize_source(source, val.tensor[:8] * 1000.0)
     labels = list(source.labels)
     kept = judge(source.data, good.data, val, labels, 30, max_drop=5.0)
     refused = judge(source.data, broken.data, val, labels, 8, max_drop=5.0)
