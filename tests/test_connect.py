@@ -192,6 +192,97 @@ def test_python_api_over_connect(spark, connect_url, fitted_imagenette, referenc
     assert got["rows_processed"] == 0  # no accumulators over Connect
 
 
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory, imagenette) -> Path:
+    """Images to tile and detect: the tiny detector's two scenes at 3x and 1x, a real photo, and two bad files."""
+    from detection_helpers import scene_png
+
+    folder = tmp_path_factory.mktemp("scenes")
+    (folder / "wide.png").write_bytes(scene_png(0, 3))
+    (folder / "tall.png").write_bytes(scene_png(1))
+    (folder / "photo.jpg").write_bytes(sorted((imagenette / "val").rglob("*.JPEG"))[0].read_bytes())
+    (folder / "cut.png").write_bytes(scene_png(0)[:300])
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+def _sorted_table(path: Path, *keys: str) -> pd.DataFrame:
+    return pd.read_parquet(path).sort_values(list(keys)).reset_index(drop=True)
+
+
+def _assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """The same columns and rows; nested values (boxes) compared through their JSON; not when or how long."""
+    assert list(got.columns) == list(want.columns) and len(got) == len(want)
+    for column in got.columns:
+        if column.endswith(("_at", "_seconds")):
+            continue
+        left = [json.dumps(v, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)) for v in got[column]]
+        right = [json.dumps(v, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)) for v in want[column]]
+        assert left == right, column
+
+
+def test_detect_over_connect_matches_classic(connect_url, scenes, tmp_path):
+    from detection_helpers import detector_model_dir
+
+    model = detector_model_dir()
+    args = ["detect", "--model", model, "--input", scenes, "--score-threshold", "0.05"]
+    code, out = run_main(*args, "--out", tmp_path / "classic")
+    assert code == 0
+    printed = connect_cli(connect_url, *args, "--out", tmp_path / "connect")
+    classic = json.loads(out)
+    assert printed["rows"] == classic["rows"] == 5
+    got, want = (_sorted_table(tmp_path / side, "path") for side in ("connect", "classic"))
+    assert sorted(p.rsplit("/", 1)[-1] for p in got.loc[got["error"].notna(), "path"]) == ["cut.png", "empty.png"]
+    assert sum(len(b) for b in want["boxes"].dropna()) >= 4  # the scenes' rectangles are found
+    _assert_same_table(got, want)
+
+
+def test_tile_and_tile_detect_over_connect_match_classic(connect_url, scenes, tmp_path):
+    """Tiling (the tile dataset itself) and detection on tiles, merged per image, row for row."""
+    from detection_helpers import detector_model_dir
+
+    tiles = ["tile", scenes, "--size", 96, "--overlap", 0.25]
+    code, _ = run_main(*tiles, "--out", tmp_path / "classic-tiles")
+    assert code == 0
+    connect_cli(connect_url, *tiles, "--out", tmp_path / "connect-tiles")
+    keys = ("source", "page", "level", "y", "x")
+    got, want = (_sorted_table(tmp_path / f"{side}-tiles", *keys) for side in ("connect", "classic"))
+    assert len(want) > 20 and want["error"].notna().sum() == 2  # one error row per unreadable source
+    _assert_same_table(got, want)
+
+    detect = [*tiles, "--model", detector_model_dir(), "--score-threshold", "0.05"]
+    code, out = run_main(*detect, "--out", tmp_path / "classic-boxes")
+    assert code == 0
+    printed = connect_cli(connect_url, *detect, "--out", tmp_path / "connect-boxes")
+    classic = json.loads(out)
+    assert (printed["images"], printed["tiles"], printed["boxes"]) == (classic["images"], classic["tiles"],
+                                                                       classic["boxes"])
+    got, want = (_sorted_table(tmp_path / f"{side}-boxes", "source") for side in ("connect", "classic"))
+    _assert_same_table(got, want)
+
+
+def test_heatmap_over_connect_matches_classic(connect_url, scenes, fitted_imagenette, tmp_path):
+    """A classifier on tiles put back on each image: labels, boxes and heat maps as in a classic session."""
+    args = ["heatmap", scenes, "--model", fitted_imagenette["model_dir"], "--size", 224, "--overlap", 0.5,
+            "--threshold", 0.3]
+    code, out = run_main(*args, "--out", tmp_path / "classic")
+    assert code == 0
+    printed = connect_cli(connect_url, *args, "--out", tmp_path / "connect")
+    classic = json.loads(out)
+    assert printed["images"] == classic["images"] == 5 and printed["scored"] == classic["scored"] > 0
+    got, want = (_sorted_table(tmp_path / side / "images", "path") for side in ("connect", "classic"))
+    _assert_same_table(got.drop(columns=["probability"]), want.drop(columns=["probability"]))
+    for a, b in zip(got["probability"], want["probability"], strict=True):
+        assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-6))
+    assert (sorted(p.name for p in (tmp_path / "connect" / "heatmaps").iterdir())
+            == sorted(p.name for p in (tmp_path / "classic" / "heatmaps").iterdir()))
+    heat = {side: {p.name: np.load(p)["heat"] for p in (tmp_path / side / "heatmaps").glob("*.npz")}
+            for side in ("connect", "classic")}
+    assert len(heat["classic"]) == 3 and heat["connect"].keys() == heat["classic"].keys()  # one per readable image
+    for name, grid_ in heat["classic"].items():
+        np.testing.assert_allclose(heat["connect"][name], grid_, atol=1e-6)
+
+
 def test_size_strings_parse_as_spark_parses_them(spark):
     """Sizes are read without a JVM (there is none over Connect), as Spark's own JavaUtils reads them."""
     from sparkvision.io.sources import byte_string_bytes
