@@ -7,7 +7,10 @@ features + logistic regression) on imagenette-mini train, once plain and once wi
 
 * ONNX Runtime alone on pre-decoded tensors, 2 threads, fp32 and int8 graphs (model.onnx);
 * ``predict`` through Spark local[2] with each model directory, best of two warm runs;
-* decode + resize alone (one core) on photos of 224, 500, 1,000 and 4,000 px;
+* the runner alone on the JPEG bytes (decode + model, one process, what a Spark task runs),
+  with the next batch decoded on a thread while the model runs (``overlap``) and without;
+* decode + resize alone (one core) on photos of 224, 500, 1,000 and 4,000 px, and from
+  these the per-image split of a Spark task's time (decode / model / the rest);
 * what int8 cost: the guard's fp32 and int8 val accuracy, on imagenette-mini and (full
   run) Fashion-MNIST 4,000 / 1,500.
 
@@ -63,6 +66,7 @@ def run(quick: bool = False) -> Result:
     from sparkvision.config import SparkSettings
     from sparkvision.inference.predict import predict
     from sparkvision.io import load_images
+    from sparkvision.models.runner import ClassifierRunner
     from sparkvision.models.runtime import OnnxModel
     from sparkvision.preprocess import ImagePreprocessor
     from sparkvision.session import get_spark
@@ -85,6 +89,15 @@ def run(quick: bool = False) -> Result:
             model.run_batched(tensor[:32], "logits", 32)
             seconds, _ = timed(lambda model=model: model.run_batched(tensor, "logits", 32), repeat=2)
             ort[precision] = len(tensor) / seconds
+        blobs = [p.read_bytes() for p in photos]
+        runner_rate = {}
+        for threads in (1, 2):
+            for overlap in (False, True):
+                runner = ClassifierRunner.from_model_dir(tmp / "fp32", threads=threads, batch_size=32, overlap=overlap)
+                runner.predict_proba(blobs[:64])
+                seconds, _ = timed(lambda runner=runner: runner.predict_proba(blobs), repeat=2)
+                runner_rate[f"{threads} thread{'s' * (threads > 1)}, overlap {'on' if overlap else 'off'}"] = \
+                    len(blobs) / seconds
         spark_rate = {}
         for precision in ("fp32", "int8"):
             runs = []
@@ -103,6 +116,7 @@ def run(quick: bool = False) -> Result:
             figures["guard_fashion_mnist"] = fmnist
     spark.stop()
     figures.update(ort_images_per_second=ort, spark_images_per_second=spark_rate, decode_ms=decode,
+                   runner_images_per_second=runner_rate,
                    photos=len(photos), per_class=per_class, decode_photos=decode_photos)
     return Result(markdown(figures), figures)
 
@@ -117,6 +131,8 @@ def markdown(figures: dict) -> str:
         ["sparkvision predict in Spark, int8 (fit --int8), warm", spark_rate["int8"],
          spark_rate["int8"] / ort["fp32"]],
     ]
+    runner_rows = [[f"runner on the JPEG bytes (decode + model), {name}", rate, rate / ort["fp32"]]
+                   for name, rate in figures.get("runner_images_per_second", {}).items()]
     accuracy = []
     for key, name in (("guard_imagenette", "imagenette-mini val"), ("guard_fashion_mnist", "Fashion-MNIST test")):
         g = figures.get(key)
@@ -126,7 +142,7 @@ def markdown(figures: dict) -> str:
     return (
         f"{figures['photos']} imagenette-mini val photos at 500 px (long side), Spark {MASTER}, EfficientNet-Lite0 "
         f"features + logistic regression fitted on {figures['per_class']} train photos per class.\n\n"
-        + table(["path", "images/s", "vs ONNX Runtime fp32"], rows)
+        + table(["path", "images/s", "vs ONNX Runtime fp32"], rows + runner_rows)
         + f"\n\nint8 in Spark = **{spark_rate['int8'] / spark_rate['fp32']:.2f}x** fp32 in Spark. What int8 cost "
         "(the guard's own figures: both graphs on the same validation images, at most 1,000):\n\n"
         + table(["set", "images", "fp32 accuracy", "int8 accuracy", "change (points)", "top-1 agreement", "kept"],
@@ -134,4 +150,23 @@ def markdown(figures: dict) -> str:
         + "\n\nDecode + resize to 224 px, one core, ms per photo: "
         + ", ".join(f"{side} px {ms:.2f}" for side, ms in figures["decode_ms"].items())
         + f" (mean over {figures['decode_photos']} photos made from the shared ones)."
+        + _split(figures)
     )
+
+
+def _split(figures: dict) -> str:
+    """Where a Spark task's time goes per 500 px photo, in core-milliseconds (2 cores busy)."""
+    ort, spark_rate, decode = (figures["ort_images_per_second"], figures["spark_images_per_second"],
+                               figures["decode_ms"])
+    decode_500 = decode.get(500, decode.get("500"))
+    if decode_500 is None:
+        return ""
+    parts = []
+    for precision in ("fp32", "int8"):
+        total, model = 2000 / spark_rate[precision], 2000 / ort[precision]
+        parts.append(f"{precision}: {total:.1f} in all = decode {decode_500:.1f} + model {model:.1f} + "
+                     f"the rest {total - decode_500 - model:.1f}")
+    return ("\n\nPer 500 px photo, core-milliseconds of Spark predict (2 cores / images per second), split by "
+            "the one-core decode figure and ONNX Runtime alone (2 threads): " + "; ".join(parts)
+            + ". The rest is Spark, Arrow and the pandas UDF's Python, and ONNX Runtime's lower thread "
+            "efficiency at one thread per task.")

@@ -69,6 +69,30 @@ def test_encoded_images_and_tensors_give_onnx_runtimes_probabilities_and_bad_byt
     np.testing.assert_allclose(runner.features(contents).values, features, atol=1e-5)
 
 
+def test_the_next_batch_decodes_on_a_thread_while_the_model_runs_and_rows_stay_in_order(good):
+    import threading
+
+    class Recording(ClassifierRunner):
+        def preprocess(self, images):
+            self.threads_seen.append(threading.current_thread().name)
+            return super().preprocess(images)
+
+    contents = [good[0], b"", good[1], None, good[2], good[0][:2000], good[1]]
+    results = {}
+    for overlap in (False, True):
+        runner = Recording.from_model_dir(imagenet_model_dir(), threads=1, batch_size=2, overlap=overlap)
+        runner.threads_seen = []
+        results[overlap] = runner.predict_proba(contents)
+        decoded_on = set(runner.threads_seen)
+        assert len(runner.threads_seen) == 4  # 7 rows in slices of 2
+        assert decoded_on == ({threading.current_thread().name} if not overlap else {"sparkvision-decode_0"})
+    off, on = results[False], results[True]
+    assert on.index.tolist() == off.index.tolist() == [0, 2, 4, 6]
+    assert on.errors == off.errors and [error_kind(e) for e in on.errors][:4] == [None, "empty_file", None,
+                                                                                   "unreadable"]
+    np.testing.assert_array_equal(on.values, off.values)
+
+
 def test_a_batch_of_only_bad_rows_never_loads_the_model():
     runner = ClassifierRunner.from_model_dir(imagenet_model_dir(), threads=1)
     rows = runner.predict_proba([b"", b"not an image"])

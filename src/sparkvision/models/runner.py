@@ -31,8 +31,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
@@ -251,6 +253,7 @@ class OnnxImageRunner:
         threads: int | None = None,
         batch_size: int = 32,
         decode: DecodeSettings | None = None,
+        overlap: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -265,6 +268,9 @@ class OnnxImageRunner:
         self.threads = threads
         self.batch_size = batch_size
         self.preprocessor = self._make_preprocessor(preprocess, decode)
+        #: Decode the next ``batch_size`` images on a thread while the model runs on these.
+        self.overlap = overlap
+        self._decoder: ThreadPoolExecutor | None = None
         #: The model directory's card, when loaded from one.
         self.card: ModelCard | None = None
         self._session: OnnxModel | None = None
@@ -329,6 +335,27 @@ class OnnxImageRunner:
         """The images that decode as one tensor batch, and an error for each that does not."""
         return self.preprocessor(images)
 
+    def preprocessed(self, images: Images) -> Iterator[tuple[int, PreprocessedBatch]]:
+        """Each ``batch_size`` slice of ``images`` preprocessed, with its first row's position.
+
+        With ``overlap``, the next slice is decoded on this runner's decode thread while the
+        caller runs the model on the current one: Pillow's decoders and ONNX Runtime both
+        release the GIL, so a task keeps a core decoding while the model computes.
+        """
+        starts = range(0, len(images), self.batch_size)
+        if not self.overlap or len(starts) < 2:
+            for start in starts:
+                yield start, self.preprocess(images[start:start + self.batch_size])
+            return
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(1, thread_name_prefix="sparkvision-decode")
+        pending = self._decoder.submit(self.preprocess, images[:self.batch_size])
+        for previous, start in pairwise(starts):
+            batch = pending.result()
+            pending = self._decoder.submit(self.preprocess, images[start:start + self.batch_size])
+            yield previous, batch
+        yield starts[-1], pending.result()
+
     def preprocess_one(self, data: bytes | None) -> np.ndarray:
         """One image as a (1, C, H, W) float32 tensor; raises :class:`ImageError` (its kind says why)."""
         return self.preprocessor.normalize(self.preprocessor.load(data)[None])
@@ -354,8 +381,7 @@ class OnnxImageRunner:
         index: list[np.ndarray] = []
         sizes: list[np.ndarray] = []
         values: list[list[np.ndarray]] = [[] for _ in names]
-        for start in range(0, len(images), self.batch_size):
-            batch = self.preprocess(images[start:start + self.batch_size])
+        for start, batch in self.preprocessed(images):
             for i, error in enumerate(batch.errors):
                 if error is not None:
                     errors[start + i] = error
