@@ -37,9 +37,16 @@ def test_the_plan_estimates_a_predict_ten_times_its_sample_within_25_percent(clu
     plan = json.loads(printed.getvalue())
     assert plan["sample"]["images"] == 40 and plan["measured"]["cores"] == 2  # one core on each worker
 
-    started = time.perf_counter()
-    assert run_cli_inprocess(["predict", "--model", str(model_dir), "--input", str(val),
-                              "--out", str(tmp_path / "all"), "--master", cluster.master_url, "--json"]) == 0
-    real = time.perf_counter() - started
+    # The plan's figures are a warm application's (its runs are timed after a first one, whose extra it
+    # reports apart), so the real job is timed the same way: the faster of two runs. A first read of a new
+    # folder adds about a second of start-up (the file source's and the probe's first tasks), which on a
+    # fast machine is a quarter of this job.
+    runs = []
+    for attempt in range(2):
+        started = time.perf_counter()
+        assert run_cli_inprocess(["predict", "--model", str(model_dir), "--input", str(val), "--out",
+                                  str(tmp_path / f"all-{attempt}"), "--master", cluster.master_url, "--json"]) == 0
+        runs.append(time.perf_counter() - started)
+    real = min(runs)
     estimate = plan["estimate_here_s"]
-    assert abs(estimate - real) <= 0.25 * real, (estimate, real, plan["measured"])
+    assert abs(estimate - real) <= 0.25 * real, (estimate, runs, plan["measured"])
