@@ -98,7 +98,7 @@ def run(quick: bool = False) -> Result:
                 seconds, _ = timed(lambda runner=runner: runner.predict_proba(blobs), repeat=2)
                 runner_rate[f"{threads} thread{'s' * (threads > 1)}, overlap {'on' if overlap else 'off'}"] = \
                     len(blobs) / seconds
-        spark_rate, stream_rate = {}, {}
+        spark_rate, noop_rate = {}, {}
         for precision in ("fp32", "int8"):
             runs = []
             for i in range(3):  # the first is cold (workers, sessions)
@@ -109,7 +109,7 @@ def run(quick: bool = False) -> Result:
             spark_rate[precision] = len(photos) / min(runs[1:])
             # the per-image work alone: predictions to Spark's noop sink, without predict's output,
             # its every-row-once check and summary (a few Spark jobs of fixed cost)
-            stream_rate[precision] = predict_rate(spark, tmp / precision, str(tmp / "photos"), 2)["images_per_s"]
+            noop_rate[precision] = predict_rate(spark, tmp / precision, str(tmp / "photos"), 2)["images_per_s"]
         decode_photos = 20 if quick else 50
         decode = _decode_ms([224, 500, 1000, 4000], decode_photos)
         fmnist = None
@@ -119,7 +119,7 @@ def run(quick: bool = False) -> Result:
             figures["guard_fashion_mnist"] = fmnist
     spark.stop()
     figures.update(ort_images_per_second=ort, spark_images_per_second=spark_rate, decode_ms=decode,
-                   runner_images_per_second=runner_rate, noop_images_per_second=stream_rate,
+                   runner_images_per_second=runner_rate, noop_images_per_second=noop_rate,
                    photos=len(photos), per_class=per_class, decode_photos=decode_photos)
     return Result(markdown(figures), figures)
 

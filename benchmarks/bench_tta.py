@@ -61,8 +61,9 @@ def run(quick: bool = False) -> Result:
     for name, backbones, train, val in sets:
         train, val = train.cache(), val.cache()
         contents = [bytes(r.content) for r in val.select("content").collect()]
+        train_rows, val_rows = train.count(), len(contents)
         for backbone in backbones:
-            row = {"set": name, "backbone": backbone, "train_rows": train.count(), "val_rows": val.count()}
+            row = {"set": name, "backbone": backbone, "train_rows": train_rows, "val_rows": val_rows}
             # flip first: whatever warms up (JVM, workers) favours the plain fit, not the augmented one
             for tta in ("flip", "none"):
                 settings = replace(TransferSettings(), model_name=backbone, tta=tta)

@@ -64,8 +64,9 @@ def reference(fitted_imagenette, imagenette) -> dict:
     return reference_predictions(fitted_imagenette["model_dir"], imagenette)
 
 
-def _table(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path).sort_values("path").reset_index(drop=True)
+def _table(path: str | Path, *keys: str) -> pd.DataFrame:
+    """A Parquet output, its rows ordered by ``keys`` (default: path)."""
+    return pd.read_parquet(path).sort_values(list(keys or ("path",))).reset_index(drop=True)
 
 
 def _assert_same_rows(got: pd.DataFrame, want: pd.DataFrame, approx: tuple[str, ...] = (), atol: float = 0.0,
@@ -206,19 +207,17 @@ def scenes(tmp_path_factory, imagenette) -> Path:
     return folder
 
 
-def _sorted_table(path: Path, *keys: str) -> pd.DataFrame:
-    return pd.read_parquet(path).sort_values(list(keys)).reset_index(drop=True)
-
-
 def _assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
     """The same columns and rows; nested values (boxes) compared through their JSON; not when or how long."""
     assert list(got.columns) == list(want.columns) and len(got) == len(want)
     for column in got.columns:
         if column.endswith(("_at", "_seconds")):
             continue
-        left = [json.dumps(v, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)) for v in got[column]]
-        right = [json.dumps(v, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)) for v in want[column]]
-        assert left == right, column
+        assert [_json(v) for v in got[column]] == [_json(v) for v in want[column]], column
+
+
+def _json(value) -> str:
+    return json.dumps(value, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
 
 
 def test_detect_over_connect_matches_classic(connect_url, scenes, tmp_path):
@@ -231,7 +230,7 @@ def test_detect_over_connect_matches_classic(connect_url, scenes, tmp_path):
     printed = connect_cli(connect_url, *args, "--out", tmp_path / "connect")
     classic = json.loads(out)
     assert printed["rows"] == classic["rows"] == 5
-    got, want = (_sorted_table(tmp_path / side, "path") for side in ("connect", "classic"))
+    got, want = (_table(tmp_path / side, "path") for side in ("connect", "classic"))
     assert sorted(p.rsplit("/", 1)[-1] for p in got.loc[got["error"].notna(), "path"]) == ["cut.png", "empty.png"]
     assert sum(len(b) for b in want["boxes"].dropna()) >= 4  # the scenes' rectangles are found
     _assert_same_table(got, want)
@@ -246,7 +245,7 @@ def test_tile_and_tile_detect_over_connect_match_classic(connect_url, scenes, tm
     assert code == 0
     connect_cli(connect_url, *tiles, "--out", tmp_path / "connect-tiles")
     keys = ("source", "page", "level", "y", "x")
-    got, want = (_sorted_table(tmp_path / f"{side}-tiles", *keys) for side in ("connect", "classic"))
+    got, want = (_table(tmp_path / f"{side}-tiles", *keys) for side in ("connect", "classic"))
     assert len(want) > 20 and want["error"].notna().sum() == 2  # one error row per unreadable source
     _assert_same_table(got, want)
 
@@ -257,7 +256,7 @@ def test_tile_and_tile_detect_over_connect_match_classic(connect_url, scenes, tm
     classic = json.loads(out)
     assert (printed["images"], printed["tiles"], printed["boxes"]) == (classic["images"], classic["tiles"],
                                                                        classic["boxes"])
-    got, want = (_sorted_table(tmp_path / f"{side}-boxes", "source") for side in ("connect", "classic"))
+    got, want = (_table(tmp_path / f"{side}-boxes", "source") for side in ("connect", "classic"))
     _assert_same_table(got, want)
 
 
@@ -270,7 +269,7 @@ def test_heatmap_over_connect_matches_classic(connect_url, scenes, fitted_imagen
     printed = connect_cli(connect_url, *args, "--out", tmp_path / "connect")
     classic = json.loads(out)
     assert printed["images"] == classic["images"] == 5 and printed["scored"] == classic["scored"] > 0
-    got, want = (_sorted_table(tmp_path / side / "images", "path") for side in ("connect", "classic"))
+    got, want = (_table(tmp_path / side / "images", "path") for side in ("connect", "classic"))
     _assert_same_table(got.drop(columns=["probability"]), want.drop(columns=["probability"]))
     for a, b in zip(got["probability"], want["probability"], strict=True):
         assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-6))
