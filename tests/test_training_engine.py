@@ -231,3 +231,35 @@ def test_head_epochs_are_refused_where_nothing_is_a_backbone(digits_parquet, tmp
         _train(_job(digits_parquet, tmp_path, "brightness", model={"head_epochs": 1}), 0, 1, torch.device("cpu"))
     with pytest.raises(ValueError, match=r"head_epochs \(4\) must leave epochs \(4\)"):
         _job(digits_parquet, tmp_path, "brightness", model={"head_epochs": 4})
+
+
+class StepDtypeBrightnessTask(BrightnessTask):
+    """Records the dtype of the network's output in each training step."""
+
+    step_dtypes: list[torch.dtype] = []
+
+    def loss(self, outputs, batch):
+        StepDtypeBrightnessTask.step_dtypes.append(outputs.dtype)
+        return super().loss(outputs, batch)
+
+
+@pytest.mark.parametrize(("precision", "step_dtype"), [("bf16", torch.bfloat16), ("auto", torch.float32)])
+def test_bf16_precision_runs_each_step_under_autocast_and_keeps_the_weights_fp32(
+        digits_parquet, tmp_path, monkeypatch, precision, step_dtype):
+    """``precision="bf16"``: forward and loss in bfloat16 (torch.autocast, here on CPU); ``auto`` is fp32
+    on CPU. Either way the model still learns and its weights, checkpoint and export stay fp32."""
+    monkeypatch.setitem(tasks.TASKS, "brightness", StepDtypeBrightnessTask)
+    StepDtypeBrightnessTask.step_dtypes = []
+    result = _train(_job(digits_parquet, tmp_path, "brightness", scaling={"precision": precision}), 0, 1,
+                    torch.device("cpu"))
+    metrics = result["metrics"]
+    assert set(StepDtypeBrightnessTask.step_dtypes) == {step_dtype}
+    assert len(StepDtypeBrightnessTask.step_dtypes) == 4 * 240 // 16
+    assert metrics["precision"] == ("bf16" if step_dtype == torch.bfloat16 else "fp32")
+    assert metrics["val_r2"] > 0.8
+    assert {v.dtype for v in StepDtypeBrightnessTask.exported.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_an_unknown_precision_is_refused_when_the_config_is_made():
+    with pytest.raises(ValueError, match="ScalingConfig.precision must be 'auto', 'fp32' or 'bf16', got 'fp16'"):
+        apply_overrides(TrainConfig(), {"scaling": {"precision": "fp16"}})

@@ -90,7 +90,7 @@ _FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "rotate": ("augment", "rotation_degrees"), "brightness": ("augment", "brightness"),
     "contrast": ("augment", "contrast"), "saturation": ("augment", "saturation"), "blur": ("augment", "blur_prob"),
     "erase": ("augment", "erase_prob"), "mixup": ("augment", "mixup_alpha"), "cutmix": ("augment", "cutmix_alpha"),
-    "workers": ("scaling", "workers"), "gpu": ("scaling", "use_gpu"),
+    "workers": ("scaling", "workers"), "gpu": ("scaling", "use_gpu"), "precision": ("scaling", "precision"),
     "threads_per_worker": ("scaling", "threads_per_worker"), "local_mode": ("scaling", "local_mode"),
     "keep_last": ("checkpoint", "keep_last"), "resume": ("checkpoint", "resume"),
     "val_fraction": ("data", "val_fraction"), "test_fraction": ("data", "test_fraction"),
@@ -285,6 +285,9 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
                      help="export the best epoch's weights or the last's (default best)")
     run.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                      help="train on GPUs with nccl (default: when torch sees CUDA)")
+    run.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                     help="mixed precision of the training step: bf16 autocast, or fp32 (default auto: bf16 on a "
+                     "GPU that supports it, else fp32)")
     run.add_argument("--threads-per-worker", type=int, default=None,
                      help="torch threads per rank (default: cores / workers locally, spark.task.cpus on a cluster)")
     run.add_argument("--local-mode", action=argparse.BooleanOptionalAction, default=None,

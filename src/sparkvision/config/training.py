@@ -187,6 +187,11 @@ class ScalingConfig(Validated):
     workers: int = 1
     #: None: GPUs when torch sees CUDA (nccl), else CPU (gloo).
     use_gpu: bool | None = None
+    #: Mixed precision of the training step: ``bf16`` runs forward and loss under
+    #: ``torch.autocast`` in bfloat16 (weights, gradients and the optimiser stay fp32; no
+    #: loss scaling is needed, unlike fp16). ``auto``: bf16 on a GPU that supports it, fp32
+    #: on CPU, where bf16 is slower without AMX. Validation and the export stay fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: torch intra-op threads per rank; None: the cores of this machine divided by the
     #: workers (local mode) or ``spark.task.cpus`` (cluster mode).
     threads_per_worker: int | None = None

@@ -143,6 +143,13 @@ def _train(job: TrainJob, rank: int, world: int, device: torch.device) -> dict[s
     return run.finish()
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The training step's autocast type: bfloat16 for ``bf16``, and for ``auto`` on a GPU with bf16; None: fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
 class _Run:
     """One rank's training run: its shards, network, optimiser and :class:`TrainState`.
 
@@ -155,6 +162,9 @@ class _Run:
         self.device = device
         self.out_dir = Path(job.out_dir)
         self.task: Task = make_task(job, device)
+        self.autocast = autocast_dtype(self.cfg.scaling.precision, device)
+        if self.lead and self.autocast is not None:
+            log.info("mixed precision: forward and loss in bfloat16 (torch.autocast on %s)", device.type)
         self.progress = _open_progress(job.progress_tty) if self.lead else None
         self._load()
         self._build()
@@ -243,8 +253,9 @@ class _Run:
         for step in range(self.steps):
             rows = order[step * self.local_batch: (step + 1) * self.local_batch]
             batch = task.train_batch(train, rows, arng)
-            outputs = self.net(batch.inputs)
-            loss = task.loss(outputs, batch)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast is not None):
+                outputs = self.net(batch.inputs)
+                loss = task.loss(outputs, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if head_only:  # an optimiser skips a parameter without a gradient (no decay either)
@@ -336,6 +347,7 @@ class _Run:
             "train_samples_per_s": float(np.median([h["train_samples_per_s"] for h in history])) if history else None,
             "data_load_seconds": self.load_seconds,
             "workers": comm.world,
+            "precision": "bf16" if self.autocast is not None else "fp32",
             "skipped_rows": _merge_counts(self.decode_errors, self.skipped),
         }
         if self.resumed_from is not None:
