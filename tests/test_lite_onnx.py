@@ -37,17 +37,46 @@ def test_built_graph_matches_torch_export(name, imagenette, tmp_path):
     for key, tensor in reference.items():  # several are non-contiguous views: strides must be honoured
         assert np.array_equal(state[key], tensor.numpy()), key
 
-    built = lite_onnx.build_onnx(state, variant.resolution, tmp_path / f"{name}.onnx")
+    assert tuple(lite_onnx.stage_channels(state)) == variant.stage_channels
+    built = lite_onnx.build_onnx(state, variant.resolution, tmp_path / f"{name}.onnx", stages=variant.stages)
     x = _photos(imagenette, variant.resolution)
     ours = ort.InferenceSession(str(built)).run(["features", "logits"], {"input": x})
     theirs = ort.InferenceSession(str(registered_onnx(name))).run(["features", "logits"], {"input": x})
-    assert ours[0].shape == (len(x), 1280) and ours[1].shape == (len(x), 1000)
+    assert ours[0].shape == (len(x), variant.num_features) and ours[1].shape == (len(x), 1000)
     assert np.abs(ours[0] - theirs[0]).max() < 1e-3
     assert np.abs(ours[1] - theirs[1]).max() < 1e-3
     assert (ours[1].argmax(1) == theirs[1].argmax(1)).all()
     # one batch of one gives the same row: the batch axis is dynamic
     single = ort.InferenceSession(str(built)).run(["features"], {"input": x[:1]})[0]
     np.testing.assert_allclose(single[0], ours[0][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_a_stages_variant_adds_each_stage_pooled_to_the_same_features_and_logits(index, imagenette):
+    """``_stages``: the plain variant's features are its last 1,280 columns and its logits are the same;
+    each stage's block is the mean over the image of that stage's output, checked against the torch
+    network's own blocks run one by one (its forward hooks)."""
+    import torch
+
+    from sparkvision.models.efficientnet import build
+
+    plain, stages = VARIANTS[f"efficientnet_lite{index}"], VARIANTS[f"efficientnet_lite{index}_stages"]
+    x = _photos(imagenette, plain.resolution, count=6)
+    ours = ort.InferenceSession(str(registered_onnx(stages.name))).run(["features", "logits"], {"input": x})
+    base = ort.InferenceSession(str(registered_onnx(plain.name))).run(["features", "logits"], {"input": x})
+    np.testing.assert_allclose(ours[0][:, -1280:], base[0], atol=1e-4)
+    np.testing.assert_allclose(ours[1], base[1], atol=1e-3)
+    model = build(variant=plain.name).eval()
+    means: dict[int, torch.Tensor] = {}
+    for i, block in enumerate(model._blocks):
+        block.register_forward_hook(lambda _m, _i, out, i=i: means.__setitem__(i, out.mean((2, 3))))
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    channels = [b._project_conv.out_channels for b in model._blocks]
+    ends = [i for i, c in enumerate(channels) if i == len(channels) - 1 or channels[i + 1] != c]
+    expected = torch.cat([means[i] for i in ends], 1).numpy()
+    assert expected.shape[1] == sum(stages.stage_channels) == stages.num_features - 1280
+    np.testing.assert_allclose(ours[0][:, :-1280], expected, atol=1e-3 * np.abs(expected).max())
 
 
 def test_zip_format_reads_as_legacy(tmp_path):

@@ -32,14 +32,13 @@ def test_the_registry_and_model_directories_import_no_family_and_no_torch():
 
 
 def test_the_package_lookups_know_every_family():
-    assert models.list_models() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "fcos_lite0",
-                                    "hog", "lenet5", "lenet5_1998", "smallcnn"]
-    assert models.list_models(pretrained=True) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-                                                   "fcos_lite0"]
+    lite = [f"efficientnet_lite{i}{s}" for i in range(3) for s in ("", "_stages")]
+    assert models.list_models() == [*lite, "fcos_lite0", "hog", "lenet5", "lenet5_1998", "smallcnn"]
+    assert models.list_models(pretrained=True) == [*lite, "fcos_lite0"]
     spec = models.get_spec("smallcnn")
     assert spec.builder.__module__ == "sparkvision.models.smallcnn" and spec.num_features == 128
     assert models.create_model("lenet5", num_classes=3).get_classifier().out_features == 3
-    with pytest.raises(KeyError, match="unknown model 'nope'; registered: efficientnet_lite0, efficientnet_lite1"):
+    with pytest.raises(KeyError, match="unknown model 'nope'; registered: efficientnet_lite0, efficientnet_lite0_stages, efficientnet_lite1"):
         models.get_spec("nope")
 
 

@@ -148,8 +148,20 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return pad // 2, pad - pad // 2
 
 
-def build_onnx(state: dict[str, np.ndarray], resolution: int, path: str | Path) -> Path:
-    """Write EfficientNet-Lite's graph for ``state`` (a :func:`load_state_dict`) at ``resolution``."""
+def stage_channels(state: dict[str, np.ndarray]) -> list[int]:
+    """Output channels of each stage (its blocks' projection), in input-to-output order."""
+    count = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    channels = [int(state[f"_blocks.{i}._project_conv.weight"].shape[0]) for i in range(count)]
+    return [c for i, c in enumerate(channels) if i == count - 1 or channels[i + 1] != c]
+
+
+def build_onnx(state: dict[str, np.ndarray], resolution: int, path: str | Path, stages: bool = False) -> Path:
+    """Write EfficientNet-Lite's graph for ``state`` (a :func:`load_state_dict`) at ``resolution``.
+
+    ``stages``: ``features`` is every stage's last block output, average-pooled, then the
+    head's pooled features, concatenated in that order (the ``_stages`` variants); the logits
+    still read the head's features alone.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -187,6 +199,7 @@ def build_onnx(state: dict[str, np.ndarray], resolution: int, path: str | Path) 
 
     count = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
     stage, previous_out = -1, None
+    stage_ends: list[str] = []  # each stage's output, once the next stage starts (or the blocks end)
     for i in range(count):
         p = f"_blocks.{i}"
         out_ch = state[f"{p}._project_conv.weight"].shape[0]
@@ -194,6 +207,8 @@ def build_onnx(state: dict[str, np.ndarray], resolution: int, path: str | Path) 
         if f"{p}._expand_conv.weight" in state:
             in_ch = state[f"{p}._expand_conv.weight"].shape[1]
         first = out_ch != previous_out  # every stage changes the channel count
+        if first and previous_out is not None:
+            stage_ends.append(x)
         stage += first
         if stage >= len(STAGE_STRIDES):
             raise ValueError(f"block {i}: more stages than EfficientNet-Lite has")
@@ -211,14 +226,25 @@ def build_onnx(state: dict[str, np.ndarray], resolution: int, path: str | Path) 
     if stage != len(STAGE_STRIDES) - 1:
         raise ValueError(f"found {stage + 1} stages, EfficientNet-Lite has {len(STAGE_STRIDES)}")
 
+    stage_ends.append(x)
     x, _ = conv_bn(x, "_conv_head", "_bn1", 1, size, relu6=True)
+    head = "head_features" if stages else "features"
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"))
-    nodes.append(helper.make_node("Flatten", ["pooled"], ["features"], axis=1, name="flatten"))
+    nodes.append(helper.make_node("Flatten", ["pooled"], [head], axis=1, name="flatten"))
     inits += [numpy_helper.from_array(state["_fc.weight"].astype(np.float32), "fc.weight"),
               numpy_helper.from_array(state["_fc.bias"].astype(np.float32), "fc.bias")]
-    nodes.append(helper.make_node("Gemm", ["features", "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc"))
-
+    nodes.append(helper.make_node("Gemm", [head, "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc"))
     num_features = state["_conv_head.weight"].shape[0]
+    if stages:
+        parts = []
+        for i, end in enumerate(stage_ends):
+            nodes.append(helper.make_node("GlobalAveragePool", [end], [f"stage{i}.pooled"], name=f"stage{i}.pool"))
+            nodes.append(helper.make_node("Flatten", [f"stage{i}.pooled"], [f"stage{i}.features"], axis=1,
+                                          name=f"stage{i}.flatten"))
+            parts.append(f"stage{i}.features")
+        nodes.append(helper.make_node("Concat", [*parts, head], ["features"], axis=1, name="stages.concat"))
+        num_features += sum(stage_channels(state))
+
     num_classes = state["_fc.weight"].shape[0]
     graph = helper.make_graph(
         nodes, "efficientnet_lite",

@@ -129,7 +129,7 @@ def registered_onnx(name: str, pretrained: bool = True) -> Path:
 
             log.info("building %s's ONNX graph from its weights (once; cached at %s)", name, target)
             lite_onnx.build_onnx(lite_onnx.load_state_dict(spec.weights_path()),  # type: ignore[misc]
-                                 VARIANTS[name].resolution, target)
+                                 VARIANTS[name].resolution, target, stages=VARIANTS[name].stages)
             return target
         log.info("exporting %s to ONNX (once; cached at %s)", name, target)
         model = create_model(name, pretrained=pretrained)
