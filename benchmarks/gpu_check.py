@@ -39,15 +39,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _rate(fn, count: int, repeat: int = 3) -> float:
-    """Images per second of ``fn`` (best of ``repeat`` after one warm-up)."""
-    fn()
+def _rate(fn, count: int, repeat: int = 3) -> tuple[float, Any]:
+    """Images per second of ``fn`` (best of ``repeat`` after one warm-up), and the warm-up's result."""
+    result = fn()
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
-    return count / best
+    return count / best, result
 
 
 def featurize(val_uri: str, batch: int) -> dict[str, Any]:
@@ -64,8 +64,8 @@ def featurize(val_uri: str, batch: int) -> dict[str, Any]:
     tensor = runner.preprocess(contents).tensor
     out: dict[str, Any] = {"photos": len(contents), "batch": batch,
                            "onnxruntime_session_providers": runner.session.session.get_providers()}
-    out["runner_on_jpeg_bytes"] = _rate(lambda: runner.features(contents), len(contents))
-    out["onnxruntime_on_tensors"] = _rate(lambda: runner.features(tensor), len(tensor))
+    out["runner_on_jpeg_bytes"], _ = _rate(lambda: runner.features(contents), len(contents))
+    out["onnxruntime_on_tensors"], reference = _rate(lambda: runner.features(tensor), len(tensor))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(variant="efficientnet_lite0").to(device).eval()
     inputs = torch.from_numpy(tensor).to(device)
@@ -80,10 +80,8 @@ def featurize(val_uri: str, batch: int) -> dict[str, Any]:
             torch.cuda.synchronize()
         return torch.cat(parts).cpu().numpy()
 
-    reference = runner.features(tensor)
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        features = torch_features(dtype)
-        out[f"torch_{device.type}_{name}"] = _rate(lambda dtype=dtype: torch_features(dtype), len(inputs))
+        out[f"torch_{device.type}_{name}"], features = _rate(lambda dtype=dtype: torch_features(dtype), len(inputs))
         # The same features as the ONNX graph's, up to the precision used
         out[f"torch_{device.type}_{name}_max_relative_difference"] = float(
             np.abs(features - reference).max() / np.abs(reference).max())

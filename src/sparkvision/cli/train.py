@@ -11,12 +11,17 @@ from sparkvision.cli.data import add_source_options, decode_settings, read_sourc
 from sparkvision.config.training import (
     ARCH_DEFAULTS,
     PRESETS,
+    LossConfig,
     ModelConfig,
+    OptimizerConfig,
+    ScalingConfig,
+    ScheduleConfig,
     TrainConfig,
     apply_overrides,
     defaults_for,
     preset,
 )
+from sparkvision.config.validation import literal_values
 from sparkvision.models.backbone import is_hf_backbone, is_onnx_file
 
 log = logging.getLogger(__name__)
@@ -279,13 +284,13 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     run.add_argument("--task", choices=["classify", "detect"], default="classify",
                      help="what the network learns: one label per image, or boxes (VOC/COCO sources; defaults "
                      "to --preset fcos-detect)")
-    run.add_argument("--monitor", choices=["val_loss", "val_top1", "val_map50"], default=None,
+    run.add_argument("--monitor", choices=literal_values(TrainConfig, "monitor"), default=None,
                      help="metric for best-model tracking and early stopping (default val_loss)")
-    run.add_argument("--export", choices=["best", "last"], default=None,
+    run.add_argument("--export", choices=literal_values(TrainConfig, "export"), default=None,
                      help="export the best epoch's weights or the last's (default best)")
     run.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                      help="train on GPUs with nccl (default: when torch sees CUDA)")
-    run.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+    run.add_argument("--precision", choices=literal_values(ScalingConfig, "precision"), default=None,
                      help="mixed precision of the training step: bf16 autocast, or fp32 (default auto: bf16 on a "
                      "GPU that supports it, else fp32)")
     run.add_argument("--threads-per-worker", type=int, default=None,
@@ -307,19 +312,19 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     model.add_argument("--dropout", type=float, default=None, help="dropout of the architecture, where it has one")
     model.add_argument("--image-size", type=_size, default=None, metavar="SIZE",
                        help="input size, e.g. 64 or 48x64 (default: the architecture's)")
-    model.add_argument("--channels", type=int, choices=[1, 3], default=None, help="input channels")
-    model.add_argument("--normalize", choices=["model", "data"], default=None,
+    model.add_argument("--channels", type=int, choices=literal_values(ModelConfig, "channels"), default=None, help="input channels")
+    model.add_argument("--normalize", choices=literal_values(ModelConfig, "normalize"), default=None,
                        help="mean/std of the architecture, or of the training data (written to the model card); default "
                        "model, or --arch's recipe")
 
     opt = parser.add_argument_group("optimiser and schedule")
-    opt.add_argument("--optimizer", choices=["sgd", "adamw"], default=None, help="default sgd, or --arch's recipe")
+    opt.add_argument("--optimizer", choices=literal_values(OptimizerConfig, "name"), default=None, help="default sgd, or --arch's recipe")
     opt.add_argument("--lr", type=float, default=None, help="learning rate (peak for one-cycle; default 0.05, or --arch's recipe)")
     opt.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     opt.add_argument("--weight-decay", type=float, default=None, help="default 0, or --arch's recipe")
     opt.add_argument("--grad-clip", type=float, default=None, metavar="NORM", help="clip the gradient norm")
-    opt.add_argument("--schedule", choices=["constant", "decay", "step", "cosine", "onecycle"], default=None,
+    opt.add_argument("--schedule", choices=literal_values(ScheduleConfig, "name"), default=None,
                      help="decay = lr / (1 + lr_decay * iteration), BigDL's; default constant, or --arch's recipe")
     opt.add_argument("--lr-decay", type=float, default=None, help="for --schedule decay (bigdl-lenet: 0.0002)")
     opt.add_argument("--step-epochs", type=int, default=None, help="for --schedule step: epochs per step")
@@ -329,7 +334,7 @@ def register(subparsers: argparse._SubParsersAction, parents: dict[str, argparse
     opt.add_argument("--pct-start", type=float, default=None, help="for --schedule onecycle: rising share")
 
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--loss", choices=["cross_entropy", "focal"], default=None)
+    loss.add_argument("--loss", choices=literal_values(LossConfig, "name"), default=None)
     loss.add_argument("--label-smoothing", type=float, default=None)
     loss.add_argument("--focal-gamma", type=float, default=None)
     loss.add_argument("--class-weights", type=_class_weights, default=None, metavar="none|balanced|W1,W2,...",

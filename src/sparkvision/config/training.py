@@ -190,7 +190,8 @@ class ScalingConfig(Validated):
     #: Mixed precision of the training step: ``bf16`` runs forward and loss under
     #: ``torch.autocast`` in bfloat16 (weights, gradients and the optimiser stay fp32; no
     #: loss scaling is needed, unlike fp16). ``auto``: bf16 on a GPU that supports it, fp32
-    #: on CPU, where bf16 is slower without AMX. Validation and the export stay fp32.
+    #: on CPU, where bf16's gain depends on the CPU's bf16 instructions. Validation and the
+    #: export stay fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: torch intra-op threads per rank; None: the cores of this machine divided by the
     #: workers (local mode) or ``spark.task.cpus`` (cluster mode).

@@ -80,7 +80,7 @@ def build(pretrained: bool = True, num_classes: int = 1000, dropout: float | Non
     model = cls.from_name(f"efficientnet-lite{spec.index}", num_classes=1000, **overrides)
     if pretrained:
         model.load_state_dict(torch.load(spec.weights_path(), map_location="cpu", weights_only=True), strict=True)
-    if isinstance(model, EfficientNetLiteStages):
+    if spec.stages:
         model.widen_classifier()
     if num_classes != 1000:
         model.reset_classifier(num_classes)

@@ -148,9 +148,13 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return pad // 2, pad - pad // 2
 
 
+def _block_count(state: dict[str, np.ndarray]) -> int:
+    return 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+
+
 def stage_channels(state: dict[str, np.ndarray]) -> list[int]:
     """Output channels of each stage (its blocks' projection), in input-to-output order."""
-    count = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    count = _block_count(state)
     channels = [int(state[f"_blocks.{i}._project_conv.weight"].shape[0]) for i in range(count)]
     return [c for i, c in enumerate(channels) if i == count - 1 or channels[i + 1] != c]
 
@@ -197,7 +201,7 @@ def build_onnx(state: dict[str, np.ndarray], resolution: int, path: str | Path, 
               numpy_helper.from_array(np.array(6.0, np.float32), "six")]
     x, size = conv_bn("input", "_conv_stem", "_bn0", 2, resolution, relu6=True)
 
-    count = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    count = _block_count(state)
     stage, previous_out = -1, None
     stage_ends: list[str] = []  # each stage's output, once the next stage starts (or the blocks end)
     for i in range(count):
