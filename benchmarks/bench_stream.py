@@ -53,11 +53,12 @@ def resized_jpeg(file: Path, long_side: int = LONG_SIDE) -> bytes:
     return buffer.getvalue()
 
 
-def _photos(dst: Path, count: int | None) -> list[Path]:
-    files = sorted((IMAGENETTE / "val").glob("*/*"))[:count]
+def _photos(dst: Path, count: int | None, split: str = "val") -> list[Path]:
+    """The first ``count`` photos of an imagenette-mini split at 500 px, in class folders under ``dst``."""
+    files = sorted((IMAGENETTE / split).glob("*/*"))[:count]
     out = []
     for file in files:
-        target = dst / file.parent.name / file.name
+        target = dst / file.parent.name / (file.name if split == "val" else f"{split}-{file.name}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(resized_jpeg(file))
         out.append(target)
