@@ -44,11 +44,17 @@ def test_fit_auto_fits_every_offline_backbone_saves_the_best_by_val_and_states_i
     assert sorted(r["backbone"] for r in table) == sorted(offline)
     code, models = run_main("models")
     gflops = {m["name"]: m["gflops"] for m in json.loads(models)}
+    # A plain EfficientNet-Lite does not run: its features are sliced from its _stages variant's.
+    sliced = {n: get_spec(n).contains_features_of for n in offline if get_spec(n).contains_features_of in offline}
+    assert sliced == {f"efficientnet_lite{i}_stages": f"efficientnet_lite{i}" for i in range(3)}
     for row in table:
         assert row["kind"] == "frozen" and row["gflops"] == gflops[row["backbone"]]
         assert row["regParam"] > 0 and isinstance(row["standardization"], bool)
         assert 0 <= row["cv_accuracy"] <= 1 and 0 <= row["val_accuracy"] <= 1
-        assert row["featurize_seconds"] > 0 and row["fit_seconds"] > 0
+        assert row["fit_seconds"] > 0
+        owner = next((k for k, v in sliced.items() if v == row["backbone"]), None)
+        assert row.get("features_from") == owner
+        assert (row["featurize_seconds"] == 0) if owner else (row["featurize_seconds"] > 0)
 
     # The choice, recomputed from the table: best val accuracy, ties to fewer GFLOPs.
     best = min(table, key=lambda r: (-r["val_accuracy"], r["gflops"]))
@@ -62,17 +68,26 @@ def test_fit_auto_fits_every_offline_backbone_saves_the_best_by_val_and_states_i
     # The cost: logged as one line before the first backbone's featurization, and in the result.
     messages = [r.getMessage() for r in caplog.records]
     cost_at = next(i for i, m in enumerate(messages) if m.startswith("fit --auto cost estimate"))
-    started_at = next(i for i, m in enumerate(messages) if "featurizing" in m and "[1/" in m)
+    started_at = next(i for i, m in enumerate(messages) if m.startswith("fit --auto: featurizing"))
     featurized_at = next(i for i, m in enumerate(messages) if m.startswith("featurized "))
     assert cost_at < started_at < featurized_at
     cost = result["cost"]
     assert (cost["train_images"], cost["val_images"]) == (24, 12) and "measured on" in cost["method"]
     assert [b["backbone"] for b in cost["backbones"]] == [r["backbone"] for r in table]
     for b in cost["backbones"]:
-        assert b["per_image_seconds"] > 0
+        assert b.get("features_from") == next((k for k, v in sliced.items() if v == b["backbone"]), None)
+        assert (b["per_image_seconds"] == 0) if b.get("features_from") else (b["per_image_seconds"] > 0)
         assert b["estimate_seconds"] == pytest.approx(36 * b["per_image_seconds"] / cost["parallel_tasks"], abs=0.01)
         assert b["backbone"] in messages[cost_at]
     assert cost["total_seconds"] == pytest.approx(sum(b["estimate_seconds"] for b in cost["backbones"]), abs=0.1)
+
+    # The sliced features fit the head a plain fit of that backbone fits, to the same val accuracy.
+    code, printed = cli("fit", "--backbone", "efficientnet_lite0", "--train", train, "--val", val,
+                        "--out", tmp_path / "lite0")
+    plain, row = json.loads(printed), next(r for r in table if r["backbone"] == "efficientnet_lite0")
+    assert code == 0 and plain["model_selection"]["regParam"] == row["regParam"]
+    assert plain["model_selection"]["standardization"] == row["standardization"]
+    assert math.isclose(plain["validation"]["accuracy"], row["val_accuracy"], abs_tol=1e-9)
 
     # predict runs the saved model as any fit model, and gives the chosen row's val accuracy again.
     code, printed = cli("predict", "--model", model, "--input", val, "--out", tmp_path / "predictions")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sparkvision.models import lite_onnx
+from sparkvision.models import get_spec, lite_onnx
 from sparkvision.models.efficientnet import VARIANTS
 from sparkvision.models.onnx_export import registered_onnx
 
@@ -65,6 +65,8 @@ def test_a_stages_variant_adds_each_stage_pooled_to_the_same_features_and_logits
     ours = ort.InferenceSession(str(registered_onnx(stages.name))).run(["features", "logits"], {"input": x})
     base = ort.InferenceSession(str(registered_onnx(plain.name))).run(["features", "logits"], {"input": x})
     np.testing.assert_allclose(ours[0][:, -1280:], base[0], atol=1e-4)
+    # what fit --auto relies on to featurize once for both
+    assert (get_spec(stages.name).contains_features_of, get_spec(plain.name).contains_features_of) == (plain.name, None)
     np.testing.assert_allclose(ours[1], base[1], atol=1e-3)
     model = build(variant=plain.name).eval()
     means: dict[int, torch.Tensor] = {}

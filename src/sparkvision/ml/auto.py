@@ -5,7 +5,9 @@ Each candidate is fitted exactly as a plain ``fit`` fits one
 cached, logistic regression's ``regParam`` x ``standardization`` chosen by k-fold CV on them,
 the chosen model solved on the driver), on the same train and val rows: the sources are read
 once and kept (memory, then disk), and only the CNN runs again for each backbone, which
-decodes and resizes to its own input size. With ``finetune`` the fine-tune preset
+decodes and resizes to its own input size. A plain EfficientNet-Lite does not even run: its
+features are the last 1,280 columns of its ``_stages`` variant's, computed once for both
+(:func:`feature_sources`; without int8, which quantises each backbone's own graph). With ``finetune`` the fine-tune preset
 (``train --preset finetune``, through :func:`sparkvision.training.distributor.fit`) trains on
 the same rows and is scored on the same val images, through the model directory it wrote.
 
@@ -144,8 +146,20 @@ def measure_train_step(config: Any, num_classes: int, samples: list[bytes]) -> t
     return (time.perf_counter() - started) / len(x), torch.get_num_threads()
 
 
+def feature_sources(names: list[str], settings: TransferSettings) -> dict[str, str]:
+    """Candidate -> the candidate whose features hold its own as their last columns (an EfficientNet-Lite
+    and its ``_stages`` variant): only the latter runs on the images. None with int8 (which calibrates and
+    validates each backbone's own quantised graph) or logits as features."""
+    from sparkvision.models import get_spec
+
+    if settings.int8 or settings.output != "features":
+        return {}
+    return {get_spec(n).contains_features_of: n for n in names if get_spec(n).contains_features_of in names}
+
+
 def _cost_line(cost: dict[str, Any]) -> str:
-    per = ", ".join(f"{b['backbone']} {b['per_image_seconds']:.3g} s/image -> {b['estimate_seconds']:.3g} s"
+    per = ", ".join(f"{b['backbone']} sliced from {b['features_from']}'s features" if b.get("features_from") else
+                    f"{b['backbone']} {b['per_image_seconds']:.3g} s/image -> {b['estimate_seconds']:.3g} s"
                     for b in cost["backbones"])
     line = (f"fit --auto cost estimate: {cost['images']} images ({cost['train_images']} train + "
             f"{cost['val_images']} val) x {len(cost['backbones'])} backbones x per-image featurize time "
@@ -172,9 +186,13 @@ def estimate_cost(spark: SparkSession, names: list[str], train: DataFrame, train
     threads = task_cpus(spark)
     slots = max(1, default_parallelism(spark) // threads)
     images = train_images + val_images
-    per_image = measure_featurize(names, samples, threads, settings.tta, settings.batch_size)
-    backbones = [{"backbone": n, "per_image_seconds": round(t, 5), "estimate_seconds": round(images * t / slots, 2)}
-                 for n, t in per_image.items()]
+    sliced = feature_sources(names, settings)
+    per_image = measure_featurize([n for n in names if n not in sliced], samples, threads, settings.tta,
+                                  settings.batch_size)
+    backbones = [{"backbone": n, "per_image_seconds": 0.0, "estimate_seconds": 0.0, "features_from": sliced[n]}
+                 if n in sliced else
+                 {"backbone": n, "per_image_seconds": round(per_image[n], 5),
+                  "estimate_seconds": round(images * per_image[n] / slots, 2)} for n in names]
     timed = max(1, len(samples) - 1)
     cost: dict[str, Any] = {
         "method": f"measured on {timed} of the input's images: decode, resize and ONNX Runtime with {threads} "
@@ -236,7 +254,8 @@ def fit_auto(
     and the fine-tune preset with ``finetune`` (True, or a :class:`TrainConfig` to use instead of the
     preset), choose by validation, and save the winner at ``out``. See the module doc."""
     from sparkvision.config.training import TrainConfig, apply_overrides, preset
-    from sparkvision.ml.classifier import fit_transfer, read_fit_parts
+    from sparkvision.ml.classifier import BackboneFeatures, fit_transfer, read_fit_parts
+    from sparkvision.models import get_spec
     from sparkvision.models.catalog import model_facts
     from sparkvision.progress import spark_progress
 
@@ -262,6 +281,7 @@ def fit_auto(
     train = train.persist(StorageLevel.MEMORY_AND_DISK)  # read and decoded from storage once, for every candidate
     val = val.persist(StorageLevel.MEMORY_AND_DISK)
     work: str | None = None
+    computed: dict[str, BackboneFeatures] = {}
     try:
         counts = {r[LABEL]: int(r["count"]) for r in train.groupBy(LABEL).count().collect() if r[LABEL] is not None}
         train_images, val_images = sum(counts.values()), val.count()
@@ -274,14 +294,32 @@ def fit_auto(
 
         table: list[dict[str, Any]] = []
         models: dict[str, Any] = {}
+        sliced = feature_sources(names, settings)
         for i, name in enumerate(names, 1):
-            log.info("fit --auto [%d/%d] %s: featurizing %d train + %d val images and fitting the head",
-                     i, len(names), name, train_images, val_images)
+            owner = sliced.get(name, name)
+            features = None
+            if owner in sliced.values():  # features shared with another candidate: computed once, kept
+                if owner not in computed:
+                    log.info("fit --auto: featurizing %d train + %d val images with %s, once for it and %s",
+                             train_images, val_images, owner, [k for k, v in sliced.items() if v == owner])
+                    with spark_progress(spark, f"featurize {owner}"):
+                        computed[owner] = BackboneFeatures.compute(train, val if has_val else None,
+                                                                   replace(settings, model_name=owner))
+                features = computed[owner]
+                if owner != name:
+                    features = features.last_columns(get_spec(name).num_features)
+            log.info("fit --auto [%d/%d] %s: %s and fitting the head", i, len(names), name,
+                     f"its features sliced from {owner}'s" if owner != name else
+                     "features computed" if features is not None else
+                     f"featurizing {train_images} train + {val_images} val images")
             with spark_progress(spark, f"fit {name}"):
                 model = fit_transfer(train, val if has_val else None, replace(settings, model_name=name),
-                                     provenance=provenance)
+                                     provenance=provenance, features=features)
+            if owner != name:
+                model.provenance["features_from"] = owner
             models[name] = model
-            table.append(_frozen_row(name, gflops[name], model, has_val))
+            table.append({**_frozen_row(name, gflops[name], model, has_val),
+                          **({"features_from": owner} if owner != name else {})})
             log.info("fit --auto %s: CV accuracy %s, val accuracy %s", name, table[-1]["cv_accuracy"],
                      table[-1]["val_accuracy"])
         notes: list[str] = []
@@ -303,6 +341,8 @@ def fit_auto(
                  len(table), out_path)
         return AutoResult(out_path, table, best, by, labels, validation, cost, notes)
     finally:
+        for features in computed.values():
+            features.unpersist()
         train.unpersist()
         val.unpersist()
         if work is not None:

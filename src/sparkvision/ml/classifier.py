@@ -55,7 +55,7 @@ from sparkvision import storage
 from sparkvision.config import PreprocessConfig, TransferSettings
 from sparkvision.io.schema import CONTENT, ERROR, LABEL, PATH
 from sparkvision.ml.base import HasErrorCol
-from sparkvision.ml.featurizer import ImageFeaturizer
+from sparkvision.ml.featurizer import ImageFeaturizer, to_vector
 from sparkvision.session import is_connect
 
 log = logging.getLogger(__name__)
@@ -442,11 +442,64 @@ def featurized(featurizer: ImageFeaturizer, frame: DataFrame) -> DataFrame:
     return rows
 
 
+def _featurizer(settings: TransferSettings) -> ImageFeaturizer:
+    return ImageFeaturizer(modelName=settings.model_name, output=settings.output, batchSize=settings.batch_size,
+                           tta=settings.tta)
+
+
+@dataclass
+class BackboneFeatures:
+    """One backbone's features of the train and val rows, computed once and shared by the heads fitted on
+    them: ``fit --auto`` featurizes an EfficientNet-Lite ``_stages`` variant and slices its plain network's
+    features from it (:attr:`~sparkvision.models.registry.ModelSpec.contains_features_of`)."""
+
+    #: (label, features) of the usable training rows, as :func:`featurized` keeps them.
+    train: DataFrame
+    #: The val rows with ``features`` and ``error`` set by the featurizer, their bytes replaced by their length.
+    val: DataFrame | None
+    #: Seconds the featurizer took on the train rows (what :func:`fit_transfer` reports as ``featurize_seconds``).
+    seconds: float = 0.0
+
+    @classmethod
+    def compute(cls, train: DataFrame, val: DataFrame | None, settings: TransferSettings) -> BackboneFeatures:
+        """Run ``settings.model_name`` once on every train and val row; the results kept (memory, then disk)."""
+        from sparkvision.drift.spark import BYTES
+
+        featurizer = _featurizer(settings)
+        settings.check_feature_count(featurizer.num_features())
+        started = time.perf_counter()
+        train_features = featurized(featurizer, train)
+        train_features.count()
+        seconds = time.perf_counter() - started
+        val_features = None
+        if val is not None:
+            val_features = featurizer.transform(val).withColumn(BYTES, F.length(CONTENT)).drop(CONTENT) \
+                .persist(StorageLevel.MEMORY_AND_DISK)
+            val_features.count()
+        return cls(train_features, val_features, seconds)
+
+    def last_columns(self, count: int) -> BackboneFeatures:
+        """The same rows with only the last ``count`` values of each vector (a null vector stays null); no
+        featurizing time of its own."""
+        def cut(frame: DataFrame | None) -> DataFrame | None:
+            if frame is None:
+                return None
+            return frame.withColumn(FEATURES, to_vector(F.slice(vector_to_array(F.col(FEATURES)), -count, count)))
+
+        return BackboneFeatures(cut(self.train), cut(self.val))  # type: ignore[arg-type]
+
+    def unpersist(self) -> None:
+        for frame in (self.train, self.val):
+            if frame is not None:
+                frame.unpersist()
+
+
 def fit_transfer(
     train: DataFrame,
     val: DataFrame | None = None,
     settings: TransferSettings | None = None,
     provenance: dict[str, Any] | None = None,
+    features: BackboneFeatures | None = None,
 ) -> TransferModel:
     """Fit featurizer + StringIndexer + classifier on ``train`` (IMAGE_SCHEMA rows with labels).
 
@@ -454,21 +507,25 @@ def fit_transfer(
     logged and recorded). The classifier's parameters are chosen by k-fold cross-validation
     on the cached features (by default for logistic regression, with ``settings.grid`` for
     every classifier; see :func:`fit_head`). With ``val``, the returned
-    model's ``metrics`` are its validation metrics.
+    model's ``metrics`` are its validation metrics. ``features``: ``settings.model_name``'s
+    features of these train and val rows, already computed (the backbone then does not run here).
     """
     settings = settings or TransferSettings()
+    if features is not None and settings.int8:
+        raise ValueError("int8 calibrates and validates the quantised backbone on the images: "
+                         "it cannot start from computed features")
     started = time.perf_counter()
-    featurizer = ImageFeaturizer(
-        modelName=settings.model_name, output=settings.output, batchSize=settings.batch_size, tta=settings.tta
-    )
+    featurizer = _featurizer(settings)
     source = featurizer.model_source()
     num_features = featurizer.num_features()
     settings.check_feature_count(num_features)  # before the backbone runs on every image
     featurize_started = time.perf_counter()
-    train_features = featurized(featurizer, train)
+    train_features = featurized(featurizer, train) if features is None else features.train
     try:
         counts = {r[LABEL]: int(r["count"]) for r in train_features.groupBy(LABEL).count().collect()}
         featurize_seconds = time.perf_counter() - featurize_started  # that first action ran the CNN on every row
+        if features is not None:
+            featurize_seconds = features.seconds
         total_rows = train.count()
         used = sum(counts.values())
         if len(counts) < 2:
@@ -496,7 +553,8 @@ def fit_transfer(
         head_seconds = time.perf_counter() - head_started
         classifier_model, grid_results = head.model, head.grid_results
     finally:
-        train_features.unpersist()
+        if features is None:
+            train_features.unpersist()
     stages = [
         featurizer,
         filler,
@@ -542,7 +600,8 @@ def fit_transfer(
     if int8 is not None:
         model.provenance["precision"] = int8.precision
     if val is not None:
-        model.metrics, model.drift_profile = validate(model, val, (provenance or {}).get("val_source", "val"))
+        model.metrics, model.drift_profile = validate(model, val, (provenance or {}).get("val_source", "val"),
+                                                      features.val if features is not None else None)
         if int8 is not None:
             model.metrics["int8"] = int8.to_dict()
         model.provenance["fit_seconds"] = round(time.perf_counter() - started, 1)
@@ -579,15 +638,23 @@ def choose_precision(pipeline: PipelineModel, train: DataFrame, val: DataFrame, 
     return PipelineModel(stages=[int8 if stage is featurizer else stage for stage in pipeline.stages]), decision
 
 
-def validate(model: TransferModel, val: DataFrame, source: str) -> tuple[dict[str, Any], Any]:
+def validate(model: TransferModel, val: DataFrame, source: str,
+             val_features: DataFrame | None = None) -> tuple[dict[str, Any], Any]:
     """Validation metrics and the drift reference profile (:mod:`sparkvision.drift`) from one scoring of
-    ``val``: the CNN runs once, its outputs cached without the image bytes."""
+    ``val``: the CNN runs once, its outputs cached without the image bytes. With ``val_features``
+    (:attr:`BackboneFeatures.val`) the CNN does not run: the stages after the featurizer score them."""
     from sparkvision.drift.spark import BYTES, profile_frame
     from sparkvision.evaluation.metrics import PREDICTION_COLUMNS
     from sparkvision.io.schema import HEIGHT, MODE, WIDTH
 
-    scored = model.transform(val)
-    image = [F.col(c) for c in (WIDTH, HEIGHT, MODE) if c in scored.columns]
+    if val_features is None:
+        scored = model.transform(val)
+    else:
+        featurizer, *after_featurizer = model.pipeline.stages
+        if not isinstance(featurizer, ImageFeaturizer):
+            raise ValueError(f"computed features need a pipeline that starts with its featurizer, not {featurizer}")
+        scored = PipelineModel(stages=after_featurizer).transform(val_features)
+    image = [F.col(c) for c in (WIDTH, HEIGHT, MODE, BYTES) if c in scored.columns]
     image += [F.length(CONTENT).alias(BYTES)] if CONTENT in scored.columns else []
     scored = scored.select(*PREDICTION_COLUMNS, FEATURES, *image).persist(StorageLevel.MEMORY_AND_DISK)
     try:

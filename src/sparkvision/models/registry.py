@@ -54,6 +54,10 @@ class ModelSpec:
     #: False for a model with nothing to learn (HOG): complete as it is, so building it "pretrained"
     #: (what the featurizer asks for) needs no weights.
     needs_weights: bool = True
+    #: Another registered model whose features are this model's last columns, value for value (an
+    #: EfficientNet-Lite ``_stages`` variant and its plain network): ``fit --auto`` runs only this one
+    #: and slices the other's features from it.
+    contains_features_of: str | None = None
 
     @property
     def is_onnx(self) -> bool:
@@ -90,6 +94,7 @@ def register(
     task: str = "classify",
     weights_path: Callable[[], str] | None = None,
     needs_weights: bool = True,
+    contains_features_of: str | None = None,
     overwrite: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Decorator: register the decorated ``builder(pretrained, num_classes, **kwargs)`` as ``name``."""
@@ -100,6 +105,7 @@ def register(
                 name=name, preprocess=preprocess, num_classes=num_classes, num_features=num_features,
                 builder=builder, labels=tuple(labels) if labels else None, has_pretrained=has_pretrained,
                 description=description, task=task, weights_path=weights_path, needs_weights=needs_weights,
+                contains_features_of=contains_features_of,
             ),
             overwrite=overwrite,
         )
