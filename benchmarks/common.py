@@ -85,6 +85,20 @@ def predict_rate(spark, model_dir, src: str, warm_runs: int = 1) -> dict[str, An
             "images_per_s": rows / min(times[1:])}
 
 
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of this benchmark's processes: this driver, the Spark JVM(s) it started, and
+    the Python processes below them (pyspark's daemon and workers: decode, model, Arrow and pandas)."""
+    from sparkvision.testing.proc import cmdline, cpu_seconds, descendants, is_python
+
+    out = {"driver": cpu_seconds(os.getpid()), "jvm": 0.0, "python workers": 0.0}
+    for pid in descendants():
+        if is_python(pid):
+            out["python workers"] += cpu_seconds(pid)
+        elif "java" in cmdline(pid).split(" ", 1)[0]:
+            out["jvm"] += cpu_seconds(pid)
+    return out
+
+
 def peak_rss_mib(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024.0

@@ -162,7 +162,8 @@ def _cost_line(cost: dict[str, Any]) -> str:
                     f"{b['backbone']} {b['per_image_seconds']:.3g} s/image -> {b['estimate_seconds']:.3g} s"
                     for b in cost["backbones"])
     line = (f"fit --auto cost estimate: {cost['images']} images ({cost['train_images']} train + "
-            f"{cost['val_images']} val) x {len(cost['backbones'])} backbones x per-image featurize time "
+            f"{cost['val_images']} val) x {sum(not b.get('features_from') for b in cost['backbones'])} backbones "
+            f"that run x per-image featurize time "
             f"({cost['method']}), over {cost['parallel_tasks']} parallel tasks: {per}; "
             f"featurizing {cost['featurize_seconds']:.3g} s")
     ft = cost.get("finetune")
@@ -301,7 +302,7 @@ def fit_auto(
             if owner in sliced.values():  # features shared with another candidate: computed once, kept
                 if owner not in computed:
                     log.info("fit --auto: featurizing %d train + %d val images with %s, once for it and %s",
-                             train_images, val_images, owner, [k for k, v in sliced.items() if v == owner])
+                             train_images, val_images, owner, ", ".join(k for k, v in sliced.items() if v == owner))
                     with spark_progress(spark, f"featurize {owner}"):
                         computed[owner] = BackboneFeatures.compute(train, val if has_val else None,
                                                                    replace(settings, model_name=owner))
@@ -320,6 +321,8 @@ def fit_auto(
             models[name] = model
             table.append({**_frozen_row(name, gflops[name], model, has_val),
                           **({"features_from": owner} if owner != name else {})})
+            if owner in computed and all(n in models for n in names if sliced.get(n, n) == owner):
+                computed.pop(owner).unpersist()  # every candidate reading them is fitted
             log.info("fit --auto %s: CV accuracy %s, val accuracy %s", name, table[-1]["cv_accuracy"],
                      table[-1]["val_accuracy"])
         notes: list[str] = []

@@ -55,7 +55,7 @@ from sparkvision import storage
 from sparkvision.config import PreprocessConfig, TransferSettings
 from sparkvision.io.schema import CONTENT, ERROR, LABEL, PATH
 from sparkvision.ml.base import HasErrorCol
-from sparkvision.ml.featurizer import ImageFeaturizer, to_vector
+from sparkvision.ml.featurizer import ImageFeaturizer
 from sparkvision.session import is_connect
 
 log = logging.getLogger(__name__)
@@ -468,15 +468,18 @@ class BackboneFeatures:
         featurizer = _featurizer(settings)
         settings.check_feature_count(featurizer.num_features())
         started = time.perf_counter()
-        train_features = featurized(featurizer, train)
-        train_features.count()
-        seconds = time.perf_counter() - started
-        val_features = None
-        if val is not None:
-            val_features = featurizer.transform(val).withColumn(BYTES, F.length(CONTENT)).drop(CONTENT) \
-                .persist(StorageLevel.MEMORY_AND_DISK)
-            val_features.count()
-        return cls(train_features, val_features, seconds)
+        features = cls(featurized(featurizer, train), None)
+        try:
+            features.train.count()
+            features.seconds = time.perf_counter() - started
+            if val is not None:
+                features.val = featurizer.transform(val).withColumn(BYTES, F.length(CONTENT)).drop(CONTENT) \
+                    .persist(StorageLevel.MEMORY_AND_DISK)
+                features.val.count()
+        except BaseException:
+            features.unpersist()
+            raise
+        return features
 
     def last_columns(self, count: int) -> BackboneFeatures:
         """The same rows with only the last ``count`` values of each vector (a null vector stays null); no
@@ -484,7 +487,9 @@ class BackboneFeatures:
         def cut(frame: DataFrame | None) -> DataFrame | None:
             if frame is None:
                 return None
-            return frame.withColumn(FEATURES, to_vector(F.slice(vector_to_array(F.col(FEATURES)), -count, count)))
+            vector = F.col(FEATURES)  # null on a row whose image did not decode; vector_to_array refuses nulls
+            return frame.withColumn(FEATURES, F.when(vector.isNotNull(), array_to_vector(
+                F.slice(vector_to_array(vector), -count, count))))
 
         return BackboneFeatures(cut(self.train), cut(self.val))  # type: ignore[arg-type]
 

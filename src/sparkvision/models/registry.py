@@ -54,9 +54,9 @@ class ModelSpec:
     #: False for a model with nothing to learn (HOG): complete as it is, so building it "pretrained"
     #: (what the featurizer asks for) needs no weights.
     needs_weights: bool = True
-    #: Another registered model whose features are this model's last columns, value for value (an
-    #: EfficientNet-Lite ``_stages`` variant and its plain network): ``fit --auto`` runs only this one
-    #: and slices the other's features from it.
+    #: Another registered model whose features are this model's last columns (an EfficientNet-Lite
+    #: ``_stages`` variant and its plain network: the same ops in another graph, equal to float rounding):
+    #: ``fit --auto`` runs only this one and slices the other's features from it.
     contains_features_of: str | None = None
 
     @property

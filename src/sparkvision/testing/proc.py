@@ -1,4 +1,4 @@
-"""Process trees and their memory, read from Linux's ``/proc`` (for tests and benchmarks).
+"""Process trees, their memory and CPU time, read from Linux's ``/proc`` (for tests and benchmarks).
 
 Children are found from every process's parent pid (``/proc/PID/stat``), so processes
 started by any thread of a JVM are included, and no kernel option is needed.
@@ -41,6 +41,14 @@ def peak_rss_mib(pid: int) -> float | None:
     """Peak resident memory (``VmHWM``) of a live process, in MiB; None when it cannot be read."""
     kib = status_kib(pid, "VmHWM")
     return kib / 1024.0 if kib else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and of its children it has waited for; 0 when it cannot be read."""
+    fields = _stat_fields(pid)
+    if not fields or len(fields) < 15:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
 
 
 def cmdline(pid: int) -> str:
