@@ -228,6 +228,7 @@ def _frozen_row(name: str, gflops: float | None, model: Any, has_val: bool) -> d
         "val_accuracy": model.metrics.get("accuracy") if has_val else None,
         "featurize_seconds": model.provenance.get("featurize_seconds"),
         "fit_seconds": model.provenance.get("head_seconds"), "chosen": False,
+        **({"features_from": model.provenance["features_from"]} if model.provenance.get("features_from") else {}),
     }
 
 
@@ -319,8 +320,7 @@ def fit_auto(
             if owner != name:
                 model.provenance["features_from"] = owner
             models[name] = model
-            table.append({**_frozen_row(name, gflops[name], model, has_val),
-                          **({"features_from": owner} if owner != name else {})})
+            table.append(_frozen_row(name, gflops[name], model, has_val))
             if owner in computed and all(n in models for n in names if sliced.get(n, n) == owner):
                 computed.pop(owner).unpersist()  # every candidate reading them is fitted
             log.info("fit --auto %s: CV accuracy %s, val accuracy %s", name, table[-1]["cv_accuracy"],

@@ -528,9 +528,8 @@ def fit_transfer(
     train_features = featurized(featurizer, train) if features is None else features.train
     try:
         counts = {r[LABEL]: int(r["count"]) for r in train_features.groupBy(LABEL).count().collect()}
-        featurize_seconds = time.perf_counter() - featurize_started  # that first action ran the CNN on every row
-        if features is not None:
-            featurize_seconds = features.seconds
+        # that first action ran the CNN on every row, unless the features came computed
+        featurize_seconds = time.perf_counter() - featurize_started if features is None else features.seconds
         total_rows = train.count()
         used = sum(counts.values())
         if len(counts) < 2:
