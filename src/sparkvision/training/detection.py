@@ -173,8 +173,6 @@ class DetectionTask(Task):
             stage.requires_grad_(False)
             frozen.append(stage)
         model.to(self.device)
-        if self.device.type == "cpu":
-            model = model.to(memory_format=torch.channels_last)
         head = {id(p) for p in stages[-1].parameters()}
         backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
         groups = [{"params": [p for p in stages[-1].parameters() if p.requires_grad], "lr_mult": 1.0}]
@@ -188,8 +186,6 @@ class DetectionTask(Task):
         labels = [shard.labels[i][~shard.difficult[i]] for i in rows]
         x, boxes, labels = self.augmenter(x, boxes, labels, rng)
         x = self.normalized(x)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
         return DetectionBatch(x, None, [torch.as_tensor(b, dtype=torch.float32, device=self.device) for b in boxes],
                               [torch.as_tensor(lab, device=self.device) for lab in labels])
 

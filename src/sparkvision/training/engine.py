@@ -205,6 +205,7 @@ class _Run:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         task.prepare(self.preprocess)
         self.model, groups, self.frozen = task.build_model()
+        self.model.to(memory_format=task.memory_format)
         self.masks = ChannelMasks.of_zero_channels(self.model) if cfg.model.keep_pruned else None
         if self.masks is not None and self.lead:
             log.info("keeping %d pruned output channels of %d convolutions at zero", self.masks.channels,

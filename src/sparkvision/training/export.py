@@ -34,7 +34,7 @@ def write_classifier(job: TrainJob, preprocess: PreprocessConfig, model: nn.Modu
     from sparkvision.models.onnx_export import export_onnx
 
     out_dir = Path(job.out_dir)
-    cpu_model = copy.deepcopy(model).cpu().eval()
+    cpu_model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     height, width = preprocess.size
     onnx_file = export_onnx(cpu_model, out_dir / ONNX_FILE, (preprocess.channels, height, width), with_features=False)
     metrics = {**metrics, "onnx_max_abs_diff": onnx_agreement(cpu_model, onnx_file, check_images, preprocess)}

@@ -87,6 +87,9 @@ class Task:
         self.config = job.config
         self.device = device
         self.preprocess = job.preprocess
+        #: Channels-last on a CPU: oneDNN's convolutions train 1.5x faster so (EfficientNet-Lite0 at
+        #: 112 and 224 px, LeNet-5 at 28 px, measured on 2 cores). The engine puts the network in it too.
+        self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
     @classmethod
     def curve_columns(cls) -> list[str]:
@@ -125,8 +128,8 @@ class Task:
         return torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
 
     def normalized(self, unit: torch.Tensor) -> torch.Tensor:
-        """A [0, 1] batch normalised by the run's mean/std (the network's input)."""
-        return (unit - self._mean) / self._std
+        """A [0, 1] batch normalised by the run's mean/std (the network's input, in its memory format)."""
+        return ((unit - self._mean) / self._std).contiguous(memory_format=self.memory_format)
 
     def build_model(self) -> tuple[nn.Module, list[dict], list[nn.Module]]:
         raise NotImplementedError
@@ -210,7 +213,7 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: nn.Module, shard: Any) -> torch.Tensor:
         return evaluate_counts(model, shard.images, shard.labels, self.preprocess, self.device,
-                               self.config.data.eval_batch_size)
+                               self.config.data.eval_batch_size, self.memory_format)
 
     def metrics(self, counts: torch.Tensor, prefix: str) -> dict[str, float]:
         return counts_to_metrics(counts, prefix)
@@ -228,7 +231,8 @@ class ClassificationBatch(Batch):
 
 
 def evaluate_counts(model: nn.Module, images: np.ndarray, labels: np.ndarray, preprocess: PreprocessConfig,
-                    device: torch.device, batch_size: int) -> torch.Tensor:
+                    device: torch.device, batch_size: int,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """float64 [cross-entropy sum, top-1 correct, top-5 correct, count] over a shard."""
     from sparkvision.preprocess import Normalizer
 
@@ -239,6 +243,7 @@ def evaluate_counts(model: nn.Module, images: np.ndarray, labels: np.ndarray, pr
     with torch.no_grad():
         for start in range(0, len(labels), batch_size):
             x = torch.from_numpy(normalize(images[start: start + batch_size])).to(device)
+            x = x.contiguous(memory_format=memory_format)
             y = torch.from_numpy(labels[start: start + batch_size]).to(device)
             logits = model(x).float()
             k = min(5, logits.shape[1])
