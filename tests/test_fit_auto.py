@@ -118,3 +118,46 @@ def test_fit_auto_misuse_is_a_usage_error_before_spark_starts(tmp_path, caplog):
          "unknown model 'nope'"),
     ]
     assert_usage_errors(caplog, cases)
+
+
+def test_fit_auto_finetune_adds_a_trained_candidate_costed_first_and_scored_on_the_same_val_rows(
+        spark, imagenette, tmp_path, caplog):
+    """``--finetune``: the fine-tune preset trains on the same rows (through TorchDistributor) and is
+    scored on the same val images as the frozen heads; its training step is measured for the cost line."""
+    from sparkvision.config.training import apply_overrides, preset
+    from sparkvision.inference.predict import load_model
+    from sparkvision.ml.auto import choose, fit_auto
+
+    train = photo_folder(imagenette, "train", tmp_path / "train", CLASSES, per_class=8)
+    val = photo_folder(imagenette, "val", tmp_path / "val", CLASSES, per_class=4)
+    # the preset, shortened to what a test can afford: one epoch at 64 px, the last stage and the head
+    config = apply_overrides(preset("finetune"), {"epochs": 1, "batch_size": 8, "schedule": {"warmup_epochs": 0},
+                                                  "model": {"image_size": (64, 64), "unfreeze_stages": 1}})
+    caplog.set_level(logging.INFO, logger="sparkvision")
+    result = fit_auto(spark, str(train), str(tmp_path / "model"), val_src=str(val),
+                      backbones=["efficientnet_lite0"], finetune=config)
+
+    frozen, tuned = result.table
+    assert (frozen["kind"], tuned["kind"]) == ("frozen", "finetune")
+    assert tuned["candidate"] == "efficientnet_lite0 fine-tuned" and tuned["fit_seconds"] > 0
+    # Scored like the frozen head: the saved directory's predictions on the same 12 val photos; the
+    # rank's own val top-1 on those rows (torch, the same last epoch) agrees to a photo at most.
+    assert 0 <= tuned["val_accuracy"] <= 1
+    assert abs(tuned["val_accuracy"] - tuned["train_val_top1"]) <= 1 / 12 + 1e-9
+    # the cost came first, with the training step measured on this machine
+    cost = result.cost["finetune"]
+    assert (cost["epochs"], cost["train_images"], cost["arch"]) == (1, 24, "efficientnet_lite0")
+    assert cost["per_image_seconds"] > 0 and cost["estimate_seconds"] == pytest.approx(24 * cost["per_image_seconds"],
+                                                                                        abs=0.1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.index(next(m for m in messages if m.startswith("fit --auto cost estimate"))) < \
+        messages.index(next(m for m in messages if m.startswith("fit --auto: fine-tuning")))
+    assert "export" in result.notes[0] and "last epoch of 1" in result.notes[0]
+
+    # The saved model is the chosen row's, whichever kind won, and predicts the val photos again.
+    assert result.chosen is choose(result.table, "val_accuracy") and result.chosen["chosen"]
+    card = load_card(tmp_path / "model")
+    assert card.kind == ("onnx" if result.chosen["kind"] == "finetune" else "spark_pipeline")
+    assert card.provenance["model_selection"]["auto"]["table"] == result.table
+    loaded = load_model(str(tmp_path / "model"))
+    assert sorted(loaded.labels) == sorted(CLASSES)

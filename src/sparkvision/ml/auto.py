@@ -124,12 +124,15 @@ def measure_train_step(config: Any, num_classes: int, samples: list[bytes]) -> t
 
     from sparkvision.preprocess import ImagePreprocessor
     from sparkvision.training.modelbuild import build_model, resolve_preprocess
+    from sparkvision.training.tasks import memory_format_for
 
+    layout = memory_format_for(torch.device("cpu"))  # as a rank on this machine lays them out
     preprocess = resolve_preprocess(config.model)
     batch = ImagePreprocessor(preprocess)(samples)
-    x = torch.from_numpy(batch.tensor)
+    x = torch.from_numpy(batch.tensor).contiguous(memory_format=layout)
     y = torch.arange(len(x)) % num_classes
     model, groups, frozen = build_model(config.model, num_classes, preprocess.channels)
+    model.to(memory_format=layout)
     optimizer = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=1e-4)
     model.train()
     for module in frozen:
