@@ -14,7 +14,7 @@ the run (the best epoch's figure is shown beside it). Fashion-MNIST's 28 px imag
 112 px (``--image-size 112``, four times the source) while recipes are compared; the preset also
 at 224 px, Lite0's own size, which a user gets without ``--image-size`` (an epoch costs 3.5x).
 
-    .venv/bin/python benchmarks/run.py finetune                   # about 75 minutes on 2 quiet cores
+    .venv/bin/python benchmarks/run.py finetune                   # about 95 minutes on 2 quiet cores
     .venv/bin/python benchmarks/bench_finetune.py one INDEX OUT.json  # one recipe (of RECIPES), its record as JSON
     .venv/bin/python benchmarks/bench_finetune.py report A.json B.json ...   # the table from records
 """
@@ -56,6 +56,10 @@ RECIPES: list[tuple[str, str, str]] = [
      f"--unfreeze-stages all --backbone-lr-mult 0.1 --lr 1e-3 --epochs 10 --crop-scale 0.6,1 {COMMON}"),
     (PRESET_RECIPE, "imagenette", PRESET_FLAGS),
     (PRESET_RECIPE, "fashion", f"--image-size 224 {PRESET_FLAGS}"),
+    ("the head alone for 1 epoch, then every stage at the head's rate, crops 0.6-1, 10 epochs", "fashion",
+     f"--unfreeze-stages all --head-epochs 1 --backbone-lr-mult 1 --lr 1e-3 --epochs 10 --crop-scale 0.6,1 {COMMON}"),
+    ("every stage, backbone lr x1, crops 0.6-1, 15 epochs", "fashion",
+     f"--unfreeze-stages all --backbone-lr-mult 1 --lr 1e-3 --epochs 15 --crop-scale 0.6,1 {COMMON}"),
 ]
 #: Where the data comes from: Fashion-MNIST subsets written as datasets (at 112 px unless the
 #: flags say otherwise), imagenette-mini's folders.
