@@ -212,9 +212,13 @@ def test_spark_ml_stages_transform_a_streaming_frame_like_a_batch_one(spark, ima
 
 
 def _staged_parts(out: Path) -> list[Path]:
-    """Part files that finished tasks wrote into a staged micro-batch (not yet renamed into place)."""
-    return [p for staging in out.glob(".batch=*.staging-*") for p in staging.rglob("part-*")
-            if "/_temporary/0/task_" in str(p) or p.parent.name.startswith("batch=")]
+    """Part files that finished tasks wrote into a staged micro-batch (not yet renamed into place).
+    None while Spark's committer moves a directory under the scan: the next poll sees where it went."""
+    try:
+        return [p for staging in out.glob(".batch=*.staging-*") for p in staging.rglob("part-*")
+                if "/_temporary/0/task_" in str(p) or p.parent.name.startswith("batch=")]
+    except FileNotFoundError:
+        return []
 
 
 def test_stream_killed_mid_batch_and_restarted_loses_and_duplicates_nothing(spark, imagenette, imagenet_model_dir,
