@@ -64,6 +64,8 @@ RECIPES: list[tuple[str, str, str]] = [
 #: Where the data comes from: Fashion-MNIST subsets written as datasets (at 112 px unless the
 #: flags say otherwise), imagenette-mini's folders.
 DATA = {"fashion": (250, "--image-size 112"), "imagenette": (0, "")}
+
+
 def fashion_datasets(work: Path) -> tuple[str, str]:
     """Fashion-MNIST 4,000 / 1,500 written as sparkvision datasets (once per ``work``)."""
     train, test = work / "fashion-train", work / "fashion-test"

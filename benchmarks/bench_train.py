@@ -165,8 +165,9 @@ def run(quick: bool) -> Result:
         f"validation on {val_src} every epoch.\n\n{body}\n\n"
         f"Overhead of the Spark path at 1 worker on training throughput: **{overhead * 100:.1f}%** "
         f"(target < 20%), against the plain loop in the channels-last memory format that sparkvision's ranks "
-        f"train in on a CPU (the first row shows what that format is worth). The end-to-end column includes the fixed start-up cost (Spark session, torchrun, "
-        f"decoding on the ranks, ONNX export), which longer runs amortise.\n"
+        f"train in on a CPU (the first row shows what that format is worth). The end-to-end column includes "
+        f"the fixed start-up cost (Spark session, torchrun, decoding on the ranks, ONNX export), which longer "
+        f"runs amortise.\n"
     )
     figures = {"train": train_src, "val": val_src, "epochs": epochs, "batch": BATCH, "rows": rows,
                "overhead_1_worker": overhead}
